@@ -1,0 +1,144 @@
+"""chat-api: REST routes and WebSocket handlers. Wiring only; behaviour lives in chalicelib/."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from chalice.app import (
+    Chalice,
+    CognitoUserPoolAuthorizer,
+    Response,
+    WebsocketEvent,
+)
+
+from chalicelib.errors import ChatError, Unauthorized
+from chalicelib.rest import cors_headers, error_response, query_params
+from chalicelib.wiring import connections_endpoint, get_service
+
+app = Chalice(app_name="chat-api")
+app.log.setLevel(logging.INFO)
+
+# Declared at import because Chalice reads it when packaging; the stage's
+# environment (in .chalice/config.json) is applied before this module loads.
+cognito = CognitoUserPoolAuthorizer(
+    "CognitoUserPool",
+    provider_arns=[
+        os.environ.get(
+            "COGNITO_USER_POOL_ARN",
+            "arn:aws:cognito-idp:us-east-1:000000000000:userpool/us-east-1_EXAMPLE",
+        )
+    ],
+    header="Authorization",
+)
+
+
+def caller() -> str:
+    """The signed-in user, from the claims API Gateway's Cognito authorizer verified."""
+    request = app.current_request
+    claims = (request.context.get("authorizer") or {}).get("claims") or {} if request else {}
+    username = claims.get("cognito:username")
+    if not isinstance(username, str) or not username:
+        raise Unauthorized("Unauthorized")
+    return username
+
+
+def api(path: str, method: str) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a Cognito-protected route whose domain errors become ``{"Code", "Message"}``."""
+
+    def register(view: Callable[..., Any]) -> Any:
+        @functools.wraps(view)
+        def guarded(**path_params: str) -> Any:
+            try:
+                return view(**path_params)
+            except ChatError as error:
+                return error_response(error)
+
+        return app.route(path, methods=[method], authorizer=cognito)(guarded)
+
+    return register
+
+
+@app.middleware("http")
+def add_cors_headers(event: Any, get_response: Callable[[Any], Response]) -> Response:
+    response = get_response(event)
+    origin = (event.headers or {}).get("origin")
+    response.headers.update(cors_headers(origin))
+    return response
+
+
+# --- REST ---------------------------------------------------------------------------------
+
+
+@api("/conversation", "POST")
+def create_conversation() -> Any:
+    return get_service().create_conversation(caller(), app.current_request.raw_body)
+
+
+@api("/conversation/direct/{userId}", "GET")
+def get_user_direct_conversation(userId: str) -> Any:  # noqa: N803 - the contract's name
+    return get_service().direct_conversation(caller(), userId)
+
+
+@api("/conversations", "GET")
+def get_user_conversations() -> Any:
+    page = get_service().list_conversations(caller(), query_params(app.current_request))
+    headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
+    return Response(body=page.items, headers=headers)
+
+
+@api("/conversations/{conversationId}", "GET")
+def get_conversation(conversationId: str) -> Any:  # noqa: N803
+    return get_service().get_conversation(caller(), conversationId)
+
+
+@api("/conversations/{conversationId}/messages", "GET")
+def get_conversation_messages(conversationId: str) -> Any:  # noqa: N803
+    params = query_params(app.current_request)
+    return get_service().conversation_messages(caller(), conversationId, params)
+
+
+@api("/conversations/{conversationId}/participants", "GET")
+def get_conversation_participants(conversationId: str) -> Any:  # noqa: N803
+    return get_service().conversation_participants(caller(), conversationId)
+
+
+# CORS preflights carry no token, so they have their own open OPTIONS routes.
+for _path in (
+    "/conversation",
+    "/conversation/direct/{userId}",
+    "/conversations",
+    "/conversations/{conversationId}",
+    "/conversations/{conversationId}/messages",
+    "/conversations/{conversationId}/participants",
+):
+    app.route(_path, methods=["OPTIONS"], name=f"preflight{_path.replace('/', '_')}")(
+        lambda **_params: Response(body="", status_code=204)
+    )
+
+
+# --- WebSocket ----------------------------------------------------------------------------
+
+
+@app.on_ws_connect()
+def connect(event: WebsocketEvent) -> Response:
+    params = event.to_dict().get("queryStringParameters") or {}
+    try:
+        get_service().connect(event.connection_id, params.get("Authorization"))
+    except ChatError as error:
+        return Response(body={"message": error.message}, status_code=error.status)
+    return Response(body="", status_code=200)
+
+
+@app.on_ws_message()
+def message(event: WebsocketEvent) -> None:
+    endpoint = connections_endpoint(event.domain_name, event.stage)
+    get_service().handle_frame(event.connection_id, event.to_dict().get("body"), endpoint)
+
+
+@app.on_ws_disconnect()
+def disconnect(event: WebsocketEvent) -> None:
+    get_service().disconnect(event.connection_id)

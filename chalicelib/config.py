@@ -1,0 +1,134 @@
+"""Typed settings, read from the environment when first needed.
+
+Nothing here runs at import: ``get_settings()`` builds one ``Settings`` from
+``os.environ`` and caches it, and ``reset_settings()`` drops the cache so tests
+(and the local server) can change the environment between invocations.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where PostgreSQL is and how to log in.
+
+    ``url`` wins when set; otherwise the discrete ``DB_*`` fields are used. With
+    ``iam_auth`` the password is an RDS IAM token minted per connection.
+    """
+
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5432
+    name: str = "postgres"
+    user: str = "postgres"
+    password: str | None = None
+    iam_auth: bool = False
+    ssl: bool = False
+    connect_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "chat:"
+    aws_region: str = "us-east-1"
+    cognito_user_pool_id: str = ""
+    cognito_app_client_id: str = ""
+    # Explicit issuer/JWKS override the Cognito defaults (the local server uses them).
+    token_issuer_override: str = ""
+    jwks_url_override: str = ""
+    # Inline JWKS JSON for Lambdas in a VPC without a NAT route to Cognito.
+    jwks_json: str = ""
+    cors_allowed_origins: tuple[str, ...] = ("http://localhost:4200",)
+    max_message_chars: int = 4000
+    max_title_chars: int = 300
+    max_participants: int = 100
+    # Registry entries live this long unless a heartbeat or frame refreshes them.
+    connection_ttl_s: int = 660
+    # Management API endpoint; empty means https://{domainName}/{stage} from the event.
+    connections_endpoint_url: str = ""
+    push_concurrency: int = 64
+    push_timeout_s: float = 3.0
+
+    @property
+    def token_issuer(self) -> str:
+        if self.token_issuer_override:
+            return self.token_issuer_override
+        region = self.cognito_user_pool_id.split("_", 1)[0] or self.aws_region
+        return f"https://cognito-idp.{region}.amazonaws.com/{self.cognito_user_pool_id}"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.jwks_url_override or f"{self.token_issuer}/.well-known/jwks.json"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on", "require"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Build settings from a mapping shaped like ``os.environ``."""
+    database = DatabaseSettings(
+        url=env.get("DATABASE_URL") or None,
+        host=env.get("DB_HOST", "127.0.0.1"),
+        port=_int(env, "DB_PORT", 5432),
+        name=env.get("DB_NAME", "postgres"),
+        user=env.get("DB_USER", "postgres"),
+        password=env.get("DB_PASSWORD") or None,
+        iam_auth=_flag(env.get("DB_IAM_AUTH")),
+        ssl=_flag(env.get("DB_SSL")),
+        connect_timeout_s=_float(env, "DB_CONNECT_TIMEOUT", 5.0),
+    )
+    origins = tuple(
+        origin.strip()
+        for origin in env.get("CORS_ALLOWED_ORIGINS", "http://localhost:4200").split(",")
+        if origin.strip()
+    )
+    return Settings(
+        database=database,
+        redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        redis_key_prefix=env.get("REDIS_KEY_PREFIX", "chat:"),
+        aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        cognito_user_pool_id=env.get("COGNITO_USER_POOL_ID", ""),
+        cognito_app_client_id=env.get("COGNITO_APP_CLIENT_ID", ""),
+        token_issuer_override=env.get("TOKEN_ISSUER", ""),
+        jwks_url_override=env.get("JWKS_URL", ""),
+        jwks_json=env.get("JWKS_JSON", ""),
+        cors_allowed_origins=origins,
+        max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4000),
+        max_title_chars=_int(env, "MAX_TITLE_CHARS", 300),
+        max_participants=_int(env, "MAX_PARTICIPANTS", 100),
+        connection_ttl_s=_int(env, "CONNECTION_TTL_SECONDS", 660),
+        connections_endpoint_url=env.get("CONNECTIONS_ENDPOINT_URL", ""),
+        push_concurrency=_int(env, "PUSH_CONCURRENCY", 64),
+        push_timeout_s=_float(env, "PUSH_TIMEOUT_SECONDS", 3.0),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built from ``os.environ`` on first use."""
+    return settings_from_env(os.environ)
+
+
+def reset_settings() -> None:
+    """Forget cached settings so the next ``get_settings()`` rereads the environment."""
+    get_settings.cache_clear()

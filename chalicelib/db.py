@@ -1,0 +1,131 @@
+"""PostgreSQL access through pg8000's native API.
+
+One ``Database`` per process holds one connection, reused across warm Lambda
+invocations (RDS Proxy pools behind it). Every statement the app runs is a
+single autocommit statement (data-modifying CTEs do the multi-table writes), so
+a connection found dead is re-opened and the statement retried once: a send
+that did reach the server and commit is caught by its idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from chalicelib.config import DatabaseSettings, Settings
+from chalicelib.errors import Conflict
+from chalicelib.sql import query
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+UNIQUE_VIOLATION = "23505"
+
+
+def connection_parameters(db: DatabaseSettings, region: str) -> dict[str, Any]:
+    """Explicit pg8000 connection keyword arguments for these settings."""
+    params: dict[str, Any] = {
+        "user": db.user,
+        "host": db.host,
+        "port": db.port,
+        "database": db.name,
+        "password": db.password,
+        "timeout": db.connect_timeout_s,
+        "application_name": "chat-api",
+    }
+    if db.url:
+        url = urlparse(db.url)
+        if url.scheme not in {"postgres", "postgresql"}:
+            raise ValueError("DATABASE_URL must start with postgresql://")
+        query_args = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        params.update(
+            user=unquote(url.username or "postgres"),
+            password=unquote(url.password) if url.password else db.password,
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 5432,
+            database=unquote(url.path.lstrip("/")) or "postgres",
+        )
+        socket_dir = query_args.get("host", "")
+        if socket_dir.startswith("/"):
+            params.pop("host")
+            params["unix_sock"] = f"{socket_dir}/.s.PGSQL.{url.port or 5432}"
+        if query_args.get("sslmode") in {"require", "verify-ca", "verify-full"}:
+            params["ssl_context"] = ssl.create_default_context()
+    if db.ssl:
+        params["ssl_context"] = ssl.create_default_context()
+    if db.iam_auth:
+        params["password"] = _iam_token(params, region)
+        params["ssl_context"] = params.get("ssl_context") or ssl.create_default_context()
+    return params
+
+
+def _iam_token(params: Mapping[str, Any], region: str) -> str:
+    """A 15-minute RDS IAM auth token; boto3 is imported only when IAM auth is on."""
+    import boto3
+
+    client = boto3.client("rds", region_name=region)
+    return str(
+        client.generate_db_auth_token(
+            DBHostname=params["host"], Port=params["port"], DBUsername=params["user"]
+        )
+    )
+
+
+class Database:
+    """A lazily opened pg8000 connection that runs named queries."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._connection: pg8000.native.Connection | None = None
+        # pg8000 connections are not thread-safe; the local server shares one per process.
+        self._lock = threading.Lock()
+
+    def _connect(self) -> pg8000.native.Connection:
+        params = connection_parameters(self._settings.database, self._settings.aws_region)
+        return pg8000.native.Connection(**params)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                try:
+                    self._connection.close()
+                except (InterfaceError, OSError):
+                    pass
+                self._connection = None
+
+    def run_sql(self, sql: str, **params: Any) -> list[Row]:
+        """Run one statement; re-open a dead connection and retry once."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._connection is None:
+                    self._connection = self._connect()
+                try:
+                    rows = self._connection.run(sql, **params)
+                    columns = [column["name"] for column in self._connection.columns or []]
+                    return [dict(zip(columns, row, strict=True)) for row in rows or []]
+                except DatabaseError as error:
+                    if _sqlstate(error) == UNIQUE_VIOLATION:
+                        raise Conflict("already exists") from error
+                    raise
+                except (InterfaceError, OSError) as error:
+                    log.warning("database connection lost (%s); reconnecting", type(error).__name__)
+                    self._connection = None
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    def run(self, name: str, **params: Any) -> list[Row]:
+        """Run the named query from ``chalicelib/queries``."""
+        return self.run_sql(query(name), **params)
+
+
+def _sqlstate(error: DatabaseError) -> str:
+    details = error.args[0] if error.args else None
+    return str(details.get("C", "")) if isinstance(details, dict) else ""

@@ -1,0 +1,76 @@
+-- name: create_group_conversation
+-- Create a group conversation and its participants in one atomic statement.
+WITH conversation AS (
+    INSERT INTO conversation_table (conversation_id, title, is_group, created_by)
+    VALUES (:conversation_id, :title, true, :created_by)
+    RETURNING conversation_id, created_at
+), members AS (
+    INSERT INTO participant_table (conversation_id, user_id, joined_at, last_activity_at)
+    SELECT c.conversation_id, u.user_id, c.created_at, c.created_at
+    FROM conversation c, unnest(CAST(:user_ids AS text[])) AS u(user_id)
+    RETURNING user_id
+)
+SELECT c.conversation_id, (SELECT count(*) FROM members) AS member_count
+FROM conversation c;
+
+-- name: create_direct_conversation
+-- Create the direct conversation of a pair unless it exists (the pair's unique index decides).
+WITH conversation AS (
+    INSERT INTO conversation_table
+        (conversation_id, title, is_group, created_by, direct_user_low, direct_user_high)
+    VALUES (:conversation_id, '', false, :created_by, :user_low, :user_high)
+    ON CONFLICT (direct_user_low, direct_user_high) WHERE NOT is_group DO NOTHING
+    RETURNING conversation_id, created_at
+), members AS (
+    INSERT INTO participant_table (conversation_id, user_id, joined_at, last_activity_at)
+    SELECT c.conversation_id, u.user_id, c.created_at, c.created_at
+    FROM conversation c, unnest(ARRAY[CAST(:user_low AS text), CAST(:user_high AS text)]) AS u(user_id)
+    RETURNING user_id
+)
+SELECT c.conversation_id, (SELECT count(*) FROM members) AS member_count
+FROM conversation c;
+
+-- name: find_direct_conversation
+-- The direct conversation of an ordered pair of users, if any.
+SELECT conversation_id
+FROM conversation_table
+WHERE NOT is_group AND direct_user_low = :user_low AND direct_user_high = :user_high;
+
+-- name: get_member_conversation
+-- One conversation with the caller's read state, only if the caller is a participant.
+SELECT c.conversation_id, c.title, c.is_group, c.created_by, c.created_at, c.last_seq,
+       p.last_read_seq
+FROM conversation_table c
+JOIN participant_table p ON p.conversation_id = c.conversation_id AND p.user_id = :user_id
+WHERE c.conversation_id = :conversation_id;
+
+-- name: list_participants
+-- Every participant of a conversation.
+SELECT user_id
+FROM participant_table
+WHERE conversation_id = :conversation_id
+ORDER BY user_id;
+
+-- name: list_user_conversations
+-- A page of the caller's conversations, newest activity first, after a keyset cursor.
+SELECT c.conversation_id, c.title, c.is_group, c.created_at, c.last_seq,
+       p.last_read_seq, p.last_activity_at,
+       m.message_id AS latest_message_id, m.sender_id AS latest_sender_id,
+       m.content AS latest_content, m.sent_at AS latest_sent_at,
+       other.user_id AS participant_id
+FROM participant_table p
+JOIN conversation_table c ON c.conversation_id = p.conversation_id
+LEFT JOIN message_table m ON m.conversation_id = c.conversation_id AND m.seq = c.last_seq
+LEFT JOIN LATERAL (
+    SELECT o.user_id
+    FROM participant_table o
+    WHERE o.conversation_id = p.conversation_id AND o.user_id <> p.user_id
+    ORDER BY o.user_id
+    LIMIT 1
+) other ON true
+WHERE p.user_id = :user_id
+  AND (p.last_activity_at, p.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
+  AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)
+  AND (CAST(:read_only AS boolean) IS NOT TRUE OR p.last_read_seq >= c.last_seq)
+ORDER BY p.last_activity_at DESC, p.conversation_id DESC
+LIMIT :limit;

@@ -1,0 +1,77 @@
+-- name: send_message
+-- Store a message at the conversation's next position and bump every participant's activity.
+-- Atomic: a duplicate tempMessageId (unique violation) rolls back the position too, so
+-- positions stay dense. No row means the sender is not a participant.
+WITH allocated AS (
+    UPDATE conversation_table c
+    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp()
+    WHERE c.conversation_id = :conversation_id
+      AND EXISTS (
+          SELECT 1 FROM participant_table p
+          WHERE p.conversation_id = c.conversation_id AND p.user_id = :sender_id
+      )
+    RETURNING c.last_seq AS seq, c.last_activity_at AS sent_at
+), inserted AS (
+    INSERT INTO message_table
+        (message_id, conversation_id, seq, sender_id, temp_message_id, content, sent_at)
+    SELECT :message_id, :conversation_id, a.seq, :sender_id, :temp_message_id, :content, a.sent_at
+    FROM allocated a
+    RETURNING message_id, seq, sent_at
+), touched AS (
+    UPDATE participant_table p
+    SET last_activity_at = i.sent_at,
+        last_read_seq = CASE WHEN p.user_id = :sender_id
+                             THEN GREATEST(p.last_read_seq, i.seq) ELSE p.last_read_seq END,
+        last_read_at = CASE WHEN p.user_id = :sender_id THEN i.sent_at ELSE p.last_read_at END
+    FROM inserted i
+    WHERE p.conversation_id = :conversation_id
+    RETURNING p.user_id
+)
+SELECT i.message_id, i.seq, i.sent_at,
+       ARRAY(SELECT t.user_id FROM touched t ORDER BY t.user_id) AS participant_ids
+FROM inserted i;
+
+-- name: find_sent_message
+-- The message a sender already stored under this tempMessageId (idempotent retry).
+SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq
+FROM message_table m
+WHERE m.conversation_id = :conversation_id
+  AND m.sender_id = :sender_id
+  AND m.temp_message_id = :temp_message_id;
+
+-- name: messages_in_seq_range
+-- Messages whose position lies in (low, high], newest first.
+SELECT message_id, conversation_id, sender_id, content, sent_at, seq
+FROM message_table
+WHERE conversation_id = :conversation_id AND seq > :low AND seq <= :high
+ORDER BY seq DESC;
+
+-- name: message_position
+-- The position of a message inside a given conversation.
+SELECT seq
+FROM message_table
+WHERE message_id = :message_id AND conversation_id = :conversation_id;
+
+-- name: mark_read
+-- Move the reader's watermark to the latest message; reports whether it advanced.
+-- One row update however many messages were unread. No row means not a participant.
+WITH me AS (
+    SELECT p.last_read_seq, c.last_seq
+    FROM participant_table p
+    JOIN conversation_table c ON c.conversation_id = p.conversation_id
+    WHERE p.conversation_id = :conversation_id AND p.user_id = :user_id
+), advanced AS (
+    UPDATE participant_table p
+    SET last_read_seq = me.last_seq, last_read_at = clock_timestamp()
+    FROM me
+    WHERE p.conversation_id = :conversation_id AND p.user_id = :user_id
+      AND p.last_read_seq < me.last_seq
+    RETURNING p.last_read_seq, p.last_read_at
+)
+SELECT me.last_seq, a.last_read_seq, a.last_read_at,
+       (SELECT m.message_id FROM message_table m
+        WHERE m.conversation_id = :conversation_id AND m.seq = a.last_read_seq) AS last_read_message_id,
+       ARRAY(SELECT o.user_id FROM participant_table o
+             WHERE o.conversation_id = :conversation_id ORDER BY o.user_id) AS participant_ids
+FROM me
+LEFT JOIN advanced a ON true;

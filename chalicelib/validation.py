@@ -1,0 +1,280 @@
+"""Turn untrusted request input into typed values, or raise ``BadRequest``.
+
+Strings that PostgreSQL cannot store (NUL) or that are not valid UTF-8 (lone
+surrogates, which JSON allows) are refused here, so bad input becomes a 400 or
+an ``error`` frame rather than a database fault.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from chalicelib.config import Settings
+from chalicelib.errors import BadRequest, ChatError, PayloadTooLarge
+
+MAX_USER_ID_CHARS = 128
+MAX_TEMP_ID_CHARS = 64
+MAX_LIST_LIMIT = 200
+LIST_LIMIT_WITHOUT_PAGING = 1000
+MAX_PAGE_LIMIT = 100
+DEFAULT_PAGE_LIMIT = 20
+
+
+def parse_uuid(value: Any, field: str) -> str:
+    """A canonical lower-case UUID string."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(f"{field} must be a UUID") from None
+
+
+def _storable(value: str, field: str) -> str:
+    if "\x00" in value:
+        raise BadRequest(f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{field} must be valid Unicode text") from None
+    return value
+
+
+def parse_user_id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{field} must be a non-empty string")
+    if len(value) > MAX_USER_ID_CHARS:
+        raise BadRequest(f"{field} must be at most {MAX_USER_ID_CHARS} characters")
+    if any(ord(char) < 32 for char in value):
+        raise BadRequest(f"{field} must not contain control characters")
+    return _storable(value, field)
+
+
+def parse_json_object(raw: str | bytes | None) -> dict[str, Any]:
+    """The request body as a JSON object."""
+    if raw is None or raw in ("", b""):
+        raise BadRequest("Request body must be a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return body
+
+
+# --- POST /conversation ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    is_group: bool
+    title: str
+    # Everyone in it, the caller included, each once.
+    members: tuple[str, ...]
+
+
+def parse_new_conversation(body: Mapping[str, Any], caller: str, settings: Settings) -> NewConversation:
+    recipients = body.get("recipientIdArr")
+    is_group = body.get("isGroup")
+    title = body.get("title", "")
+    if not isinstance(recipients, list):
+        raise BadRequest("recipientIdArr must be an array of user ids")
+    if not isinstance(is_group, bool):
+        raise BadRequest("isGroup must be true or false")
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise BadRequest("title must be a string")
+    others = list(
+        dict.fromkeys(parse_user_id(user, "recipientIdArr[]") for user in recipients)
+    )
+    if not is_group:
+        if len(others) != 1:
+            raise BadRequest("A direct conversation needs exactly one recipient")
+        if others[0] == caller:
+            raise BadRequest("A direct conversation needs a recipient other than the caller")
+        return NewConversation(False, "", (caller, others[0]))
+    others = [user for user in others if user != caller]
+    if len(others) < 2:
+        raise BadRequest("A group needs at least two recipients besides the caller")
+    if len(others) + 1 > settings.max_participants:
+        raise BadRequest(f"A conversation has at most {settings.max_participants} participants")
+    title = _storable(title.strip(), "title")
+    if not title:
+        raise BadRequest("A group needs a non-empty title")
+    if len(title) > settings.max_title_chars:
+        raise BadRequest(f"title must be at most {settings.max_title_chars} characters")
+    return NewConversation(True, title, (caller, *others))
+
+
+# --- Query strings ---------------------------------------------------------------------
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"{name} must be {bound}")
+    return value
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Position after the last row of a page: (activity time, conversation id)."""
+
+    activity_at: datetime
+    conversation_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.activity_at.isoformat(), self.conversation_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> ListCursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            moment, conversation_id = json.loads(raw)
+            return cls(datetime.fromisoformat(moment), str(uuid.UUID(conversation_id)))
+        except (ValueError, TypeError, binascii.Error):
+            raise BadRequest("cursor is not valid") from None
+
+
+@dataclass(frozen=True)
+class ConversationListQuery:
+    is_read: bool | None
+    limit: int
+    paged: bool
+    cursor: ListCursor | None
+
+
+def parse_conversation_list_query(params: Mapping[str, str]) -> ConversationListQuery:
+    raw_is_read = params.get("isRead")
+    if raw_is_read is None:
+        is_read = None
+    elif raw_is_read in ("true", "false"):
+        is_read = raw_is_read == "true"
+    else:
+        raise BadRequest("isRead must be true or false")
+    paged = "limit" in params or "cursor" in params
+    limit = _int_param(params, "limit", LIST_LIMIT_WITHOUT_PAGING, 1, MAX_LIST_LIMIT)
+    if paged and "limit" not in params:
+        limit = MAX_LIST_LIMIT // 4
+    cursor = ListCursor.decode(params["cursor"]) if "cursor" in params else None
+    return ConversationListQuery(is_read, limit, paged, cursor)
+
+
+@dataclass(frozen=True)
+class MessagePageQuery:
+    offset: int
+    limit: int
+    order: Literal["asc", "desc"]
+    before: str | None
+    after: str | None
+
+
+def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:
+    offset = _int_param(params, "offset", 0, 0, None)
+    limit = _int_param(params, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("order must be asc or desc")
+    before = parse_uuid(params["before"], "before") if "before" in params else None
+    after = parse_uuid(params["after"], "after") if "after" in params else None
+    if sum(value is not None for value in (before, after)) + ("offset" in params) > 1:
+        raise BadRequest("Use only one of offset, before and after")
+    return MessagePageQuery(offset, limit, "asc" if order == "asc" else "desc", before, after)
+
+
+# --- WebSocket frames ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    temp_message_id: str
+    conversation_id: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ReadMessages:
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pass
+
+
+Frame = SendMessage | ReadMessages | Heartbeat
+ACTIONS = ("send-message", "read-messages", "heartbeat")
+
+
+class FrameError(ChatError):
+    """A bad frame, with what the client needs to match the error to its request."""
+
+    def __init__(self, error: ChatError, action: str | None, temp_message_id: str | None) -> None:
+        super().__init__(error.message)
+        self.code = error.code
+        self.status = error.status
+        self.action = action
+        self.temp_message_id = temp_message_id
+
+
+def frame_context(body: str | None) -> tuple[str | None, str | None]:
+    """Best-effort (action, tempMessageId) of a frame, for labelling an error reply."""
+    try:
+        frame = json.loads(body or "")
+    except ValueError:
+        return None, None
+    if not isinstance(frame, dict):
+        return None, None
+    action = frame.get("action") if isinstance(frame.get("action"), str) else None
+    temp = frame.get("tempMessageId")
+    temp_ok = isinstance(temp, str) and 0 < len(temp) <= MAX_TEMP_ID_CHARS
+    return (action[:64] if action else None), (temp if temp_ok else None)
+
+
+def parse_frame(body: str | None, settings: Settings) -> Frame:
+    """A client frame; raises ``FrameError`` naming the action when it can."""
+    action, temp = frame_context(body)
+    try:
+        frame = parse_json_object(body)
+        return _parse_action(frame, settings)
+    except ChatError as error:
+        raise FrameError(error, action, temp) from None
+
+
+def _parse_action(frame: Mapping[str, Any], settings: Settings) -> Frame:
+    action = frame.get("action")
+    if action == "heartbeat":
+        return Heartbeat()
+    if action == "read-messages":
+        return ReadMessages(parse_uuid(frame.get("conversationId"), "conversationId"))
+    if action == "send-message":
+        temp = frame.get("tempMessageId")
+        if not isinstance(temp, str) or not temp.strip() or len(temp) > MAX_TEMP_ID_CHARS:
+            raise BadRequest(f"tempMessageId must be a string of 1 to {MAX_TEMP_ID_CHARS} characters")
+        conversation_id = parse_uuid(frame.get("conversationId"), "conversationId")
+        content = frame.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise BadRequest("content must contain at least one non-whitespace character")
+        if len(content) > settings.max_message_chars:
+            raise PayloadTooLarge(f"content must be at most {settings.max_message_chars} characters")
+        return SendMessage(_storable(temp, "tempMessageId"), conversation_id, _storable(content, "content"))
+    if not isinstance(action, str):
+        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
+    raise BadRequest(f"Unknown action; expected one of {', '.join(ACTIONS)}")

