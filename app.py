@@ -20,6 +20,8 @@ from chalicelib.rest import cors_headers, error_response, query_params
 from chalicelib.wiring import connections_endpoint, get_service
 
 app = Chalice(app_name="chat-api")
+# Chalice still files its WebSocket support under experimental features.
+app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.log.setLevel(logging.INFO)
 
 # Declared at import because Chalice reads it when packaging; the stage's

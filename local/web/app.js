@@ -1,0 +1,783 @@
+/*
+ * chat-api web client (local development). Plain ES modules, no build step:
+ *   api.js     REST calls (same origin), token minting, WebSocket URL discovery
+ *   socket.js  self-reconnecting WebSocket with heartbeat
+ *   app.js     state and rendering (this file)
+ *
+ * Stable data-testid hooks for browser tests:
+ *   username-input, sign-in-button, sign-in-error   sign-in form
+ *   current-user, switch-user-button                 who is signed in / sign out
+ *   connection-status        data-state = connecting | online | offline (click when offline: retry now)
+ *   new-conversation-form, new-conversation-recipients, new-conversation-group (checkbox),
+ *   new-conversation-title, new-conversation-create, new-conversation-error
+ *   conversation-list        the <ul>; empty list shows "No conversations yet."
+ *   conversation-item        one per conversation: data-conversation-id, data-unread (count or "" ),
+ *                            aria-current="true" when open; inside: conversation-name,
+ *                            conversation-preview, conversation-time, unread-badge (only when unread)
+ *   conversation-title, back-button (narrow screens), history-status, message-scroller
+ *   message-list             the <ol>, oldest message at the top
+ *   message                  data-message-id (once confirmed), data-temp-id (own messages sent here),
+ *                            data-state = sending | sent | failed, data-sender; inside:
+ *                            message-sender (groups), message-content, message-time,
+ *                            retry-button (failed only), read-receipt ("Read" / "Read by bob")
+ *   composer-input, send-button
+ *   error-toast              transient notices (WebSocket error frames, failed requests)
+ */
+import { createApi, mintToken, websocketUrl } from "./api.js";
+import { ChatSocket } from "./socket.js";
+
+const PAGE_SIZE = 30; // history page when opening / scrolling up
+const CATCH_UP_PAGE = 100; // page size when catching up after a reconnect
+const SEND_TIMEOUT_MS = 15_000; // no echo by then: mark the message failed (retry is safe)
+const USER_KEY = "chat.username"; // sessionStorage: one user per tab
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  signin: $("signin"),
+  signinForm: $("signin-form"),
+  username: $("username"),
+  signinError: $("signin-error"),
+  app: $("app"),
+  connection: $("connection"),
+  currentUser: $("current-user"),
+  switchUser: $("switch-user"),
+  newForm: $("new-conversation"),
+  recipients: $("recipients"),
+  isGroup: $("is-group"),
+  groupTitle: $("group-title"),
+  newError: $("new-conversation-error"),
+  list: $("conversation-list"),
+  listEmpty: $("conversation-empty"),
+  noConversation: $("no-conversation"),
+  view: $("conversation-view"),
+  back: $("back"),
+  title: $("conversation-title"),
+  subtitle: $("conversation-subtitle"),
+  scroller: $("messages"),
+  historyStatus: $("history-status"),
+  messageList: $("message-list"),
+  composer: $("composer"),
+  composerInput: $("composer-input"),
+  toast: $("toast"),
+};
+
+const session = {
+  username: null,
+  token: null,
+  async refreshToken() {
+    this.token = await mintToken(this.username);
+  },
+};
+const api = createApi(session);
+let wsBase = null;
+
+let state = freshState();
+const messageNodes = new Map(); // render key -> <li>, for the open conversation
+
+function freshState() {
+  return {
+    conversations: new Map(), // conversationId -> row from GET /conversations
+    seen: new Set(), // messageIds already counted in the list (echoes of retries repeat them)
+    receipts: new Map(), // conversationId -> Map(userId -> {lastReadMessageId, readAt})
+    pending: new Map(), // tempMessageId -> own message not yet confirmed
+    openId: null,
+    openGeneration: 0, // bumps on every open/close; late responses for another view are dropped
+    messages: [], // confirmed messages of the open conversation, oldest first
+    known: new Set(), // their messageIds
+    hasOlder: false,
+    loadingOlder: false,
+  };
+}
+
+const socket = new ChatSocket({
+  async getUrl(afterFailure) {
+    if (afterFailure) await session.refreshToken(); // the refusal may have been an expired token
+    wsBase ??= await websocketUrl();
+    const separator = wsBase.includes("?") ? "&" : "?";
+    return `${wsBase}${separator}Authorization=${encodeURIComponent(session.token)}`;
+  },
+  onFrame: handleFrame,
+  onState: renderConnection,
+  onOpen() {
+    // Whatever happened while we were away: list and open conversation catch up.
+    refreshConversations();
+    catchUp();
+  },
+  onClose: failSendingMessages,
+});
+
+// ---------------------------------------------------------------- sign-in
+
+async function signIn(rawName) {
+  const username = rawName.trim();
+  if (!username) return;
+  ui.signinError.textContent = "";
+  try {
+    session.username = username;
+    await session.refreshToken();
+  } catch (error) {
+    session.username = null;
+    showSignIn(username, `Could not sign in: ${error.message}`);
+    return;
+  }
+  sessionStorage.setItem(USER_KEY, username);
+  ui.currentUser.textContent = username;
+  ui.signin.hidden = true;
+  ui.app.hidden = false;
+  socket.start();
+  refreshConversations();
+}
+
+function signOut() {
+  socket.stop();
+  sessionStorage.removeItem(USER_KEY);
+  const previous = session.username;
+  session.username = null;
+  session.token = null;
+  for (const p of state.pending.values()) clearTimeout(p.timer);
+  state = freshState();
+  closeConversation();
+  renderConversationList();
+  showSignIn(previous ?? "", "");
+}
+
+function showSignIn(name, error) {
+  ui.app.hidden = true;
+  ui.signin.hidden = false;
+  ui.username.value = name;
+  ui.signinError.textContent = error;
+  ui.username.focus();
+  ui.username.select();
+}
+
+// ------------------------------------------------------ conversation list
+
+async function refreshConversations() {
+  const user = session.username;
+  let rows;
+  try {
+    rows = await api.listConversations();
+  } catch (error) {
+    notify(`Could not load conversations: ${error.message}`);
+    return;
+  }
+  if (session.username !== user || !Array.isArray(rows)) return;
+  state.conversations = new Map(rows.map((row) => [row.conversationId, row]));
+  for (const row of rows) if (row.latestMessageId) state.seen.add(row.latestMessageId);
+  const open = state.conversations.get(state.openId);
+  if (open && isUnread(open)) markRead(state.openId);
+  renderConversationList();
+  if (state.openId) renderConversationHeader();
+}
+
+let refreshTimer = null;
+function refreshConversationsSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refreshConversations, 300);
+}
+
+function displayName(row) {
+  if (!row) return "Conversation";
+  if (row.isGroup) return row.title || "Untitled group";
+  return row.title || row.participantId || "Direct conversation";
+}
+
+function isUnread(row) {
+  return row.isRead === false || (typeof row.unreadCount === "number" && row.unreadCount > 0);
+}
+
+/** Badge text: the extension's count when known, a dot when only isRead says so. */
+function badgeText(row) {
+  if (typeof row.unreadCount === "number" && row.unreadCount > 0) {
+    return row.unreadCount > 99 ? "99+" : String(row.unreadCount);
+  }
+  return row.isRead === false ? "•" : "";
+}
+
+function renderConversationList() {
+  const rows = [...state.conversations.values()].sort((a, b) =>
+    String(b.sentAt ?? "").localeCompare(String(a.sentAt ?? "")),
+  );
+  ui.list.replaceChildren(...rows.map(conversationItem));
+  ui.listEmpty.hidden = rows.length > 0;
+  const unread = rows.filter(isUnread).length;
+  document.title = unread ? `(${unread}) Chat` : "Chat";
+}
+
+function conversationItem(row) {
+  const badge = badgeText(row);
+  const preview = row.latestContent
+    ? (row.senderId === session.username ? "You: " : row.isGroup && row.senderId ? `${row.senderId}: ` : "") +
+      row.latestContent
+    : "No messages yet";
+  const button = h(
+    "button",
+    {
+      type: "button",
+      class: `conversation-item${badge ? " unread" : ""}`,
+      "data-testid": "conversation-item",
+      "data-conversation-id": row.conversationId,
+      "data-unread": badge,
+      "aria-current": row.conversationId === state.openId ? "true" : null,
+    },
+    h("span", { class: "avatar", "aria-hidden": "true" }, initials(displayName(row))),
+    h(
+      "span",
+      { class: "item-main" },
+      h(
+        "span",
+        { class: "item-top" },
+        h("span", { class: "item-name", "data-testid": "conversation-name" }, displayName(row)),
+        h("time", { class: "item-time", "data-testid": "conversation-time", datetime: row.sentAt }, formatTime(row.sentAt, false)),
+      ),
+      h(
+        "span",
+        { class: "item-bottom" },
+        h("span", { class: "item-preview", "data-testid": "conversation-preview" }, preview),
+        badge ? h("span", { class: "badge", "data-testid": "unread-badge" }, badge) : null,
+      ),
+    ),
+  );
+  button.addEventListener("click", () => openConversation(row.conversationId));
+  return h("li", {}, button);
+}
+
+async function createConversation(event) {
+  event.preventDefault();
+  ui.newError.textContent = "";
+  const recipients = ui.recipients.value
+    .split(",")
+    .map((name) => name.trim())
+    .filter(Boolean);
+  const isGroup = ui.isGroup.checked;
+  const title = isGroup ? ui.groupTitle.value.trim() : "";
+  if (recipients.length === 0) {
+    ui.newError.textContent = "Enter a user name (several, comma-separated, for a group).";
+    return;
+  }
+  const button = ui.newForm.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const reply = await api.createConversation(recipients, isGroup, title);
+    ui.newForm.reset();
+    await refreshConversations();
+    if (reply && reply.conversationId) openConversation(reply.conversationId);
+  } catch (error) {
+    ui.newError.textContent = error.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------ open conversation
+
+async function openConversation(conversationId) {
+  document.body.classList.add("show-conversation");
+  if (state.openId === conversationId) return;
+  state.openId = conversationId;
+  const generation = ++state.openGeneration;
+  state.messages = [];
+  state.known = new Set();
+  state.hasOlder = false;
+  state.loadingOlder = false;
+  messageNodes.clear();
+  ui.messageList.replaceChildren();
+  ui.noConversation.hidden = true;
+  ui.view.hidden = false;
+  ui.composerInput.value = "";
+  autosize();
+  renderConversationHeader();
+  renderConversationList();
+  ui.historyStatus.textContent = "Loading…";
+  if (!matchMedia("(max-width: 480px)").matches) ui.composerInput.focus();
+
+  let page;
+  try {
+    page = await api.listMessages(conversationId, { limit: PAGE_SIZE });
+  } catch (error) {
+    if (generation === state.openGeneration) ui.historyStatus.textContent = `Could not load messages: ${error.message}`;
+    return;
+  }
+  if (generation !== state.openGeneration) return;
+  addMessages(page);
+  state.hasOlder = page.length === PAGE_SIZE;
+  renderMessages({ toBottom: true });
+  const row = state.conversations.get(conversationId);
+  if (row && isUnread(row)) markRead(conversationId);
+  fillViewport();
+}
+
+function closeConversation() {
+  state.openId = null;
+  state.openGeneration += 1;
+  state.messages = [];
+  state.known = new Set();
+  messageNodes.clear();
+  ui.messageList.replaceChildren();
+  ui.view.hidden = true;
+  ui.noConversation.hidden = false;
+  document.body.classList.remove("show-conversation");
+  renderConversationList();
+}
+
+async function renderConversationHeader() {
+  const row = state.conversations.get(state.openId);
+  ui.title.textContent = displayName(row);
+  if (!row || !row.isGroup) {
+    ui.subtitle.textContent = row ? "Direct conversation" : "";
+    return;
+  }
+  ui.subtitle.textContent = "Group";
+  const id = state.openId;
+  try {
+    const members = await api.listParticipants(id);
+    if (state.openId === id && Array.isArray(members)) ui.subtitle.textContent = `Group · ${members.join(", ")}`;
+  } catch {
+    // the subtitle is decoration; the title is already right
+  }
+}
+
+/** Merges confirmed messages (any order) into the open conversation, skipping known ids. */
+function addMessages(messages) {
+  let added = 0;
+  for (const message of messages) {
+    if (!message || !message.messageId || state.known.has(message.messageId)) continue;
+    state.known.add(message.messageId);
+    // Insert by sentAt (ISO strings sort as text); equal times keep arrival order.
+    let index = state.messages.length;
+    while (index > 0 && String(state.messages[index - 1].sentAt) > String(message.sentAt)) index -= 1;
+    state.messages.splice(index, 0, message);
+    added += 1;
+  }
+  return added;
+}
+
+async function loadOlder() {
+  if (!state.hasOlder || state.loadingOlder || state.messages.length === 0) return;
+  state.loadingOlder = true;
+  const generation = state.openGeneration;
+  ui.historyStatus.textContent = "Loading earlier messages…";
+  let page;
+  try {
+    page = await api.listMessages(state.openId, { limit: PAGE_SIZE, before: state.messages[0].messageId });
+  } catch (error) {
+    if (generation === state.openGeneration) {
+      state.loadingOlder = false;
+      ui.historyStatus.textContent = `Could not load earlier messages: ${error.message}`;
+    }
+    return;
+  }
+  if (generation !== state.openGeneration) return;
+  state.hasOlder = page.length === PAGE_SIZE;
+  // Keep the messages on screen where they are while content grows above them.
+  const { scrollHeight, scrollTop } = ui.scroller;
+  state.loadingOlder = false;
+  addMessages(page);
+  renderMessages();
+  ui.scroller.scrollTop = scrollTop + (ui.scroller.scrollHeight - scrollHeight);
+  fillViewport();
+}
+
+/** Loads older pages until the history overflows the view (so scrolling up is possible). */
+function fillViewport() {
+  if (state.hasOlder && ui.scroller.scrollHeight <= ui.scroller.clientHeight + 40) loadOlder();
+}
+
+/** After a reconnect: fetch what the open conversation missed, oldest first. */
+async function catchUp() {
+  const id = state.openId;
+  if (!id) return;
+  const generation = state.openGeneration;
+  let added = 0;
+  try {
+    const newest = state.messages.at(-1);
+    if (!newest) {
+      const page = await api.listMessages(id, { limit: PAGE_SIZE });
+      if (generation !== state.openGeneration) return;
+      added += addMessages(page);
+      if (state.messages.length >= PAGE_SIZE) state.hasOlder = true;
+    } else {
+      let after = newest.messageId;
+      for (;;) {
+        const page = await api.listMessages(id, { after, limit: CATCH_UP_PAGE });
+        if (generation !== state.openGeneration) return;
+        added += addMessages(page);
+        if (page.length < CATCH_UP_PAGE) break;
+        after = page.at(-1).messageId;
+      }
+    }
+  } catch (error) {
+    notify(`Could not catch up: ${error.message}`);
+    return;
+  }
+  if (added) {
+    renderMessages();
+    markRead(id);
+  }
+}
+
+// ---------------------------------------------------------------- sending
+
+function sendMessage(event) {
+  event.preventDefault();
+  const content = ui.composerInput.value.trim();
+  if (!content || !state.openId) return;
+  const message = {
+    tempMessageId: newTempId(),
+    conversationId: state.openId,
+    senderId: session.username,
+    content,
+    sentAt: new Date().toISOString(),
+    state: "sending",
+    error: "",
+    timer: null,
+  };
+  state.pending.set(message.tempMessageId, message);
+  ui.composerInput.value = "";
+  autosize();
+  transmit(message);
+  renderMessages({ toBottom: true });
+}
+
+/** (Re)sends a pending message under its original tempMessageId, so the server stores it once. */
+function transmit(message) {
+  clearTimeout(message.timer);
+  const sent = socket.send({
+    action: "send-message",
+    tempMessageId: message.tempMessageId,
+    conversationId: message.conversationId,
+    content: message.content,
+  });
+  message.state = sent ? "sending" : "failed";
+  message.error = sent ? "" : "Not connected";
+  if (sent) {
+    message.timer = setTimeout(() => {
+      if (state.pending.get(message.tempMessageId) !== message || message.state !== "sending") return;
+      markFailed(message, "No reply from the server");
+    }, SEND_TIMEOUT_MS);
+  }
+}
+
+function markFailed(message, reason) {
+  clearTimeout(message.timer);
+  message.state = "failed";
+  message.error = reason;
+  if (message.conversationId === state.openId) renderMessages();
+}
+
+function failSendingMessages() {
+  for (const message of state.pending.values()) {
+    if (message.state === "sending") markFailed(message, "Connection lost");
+  }
+}
+
+function retry(tempMessageId) {
+  const message = state.pending.get(tempMessageId);
+  if (!message) return;
+  transmit(message);
+  if (message.state === "failed") notify("Still offline — the message will not be lost, retry once connected.");
+  renderMessages();
+}
+
+/** The server reads everything so far as read; the badge clears at once (and in other tabs by push). */
+function markRead(conversationId) {
+  socket.send({ action: "read-messages", conversationId });
+  const row = state.conversations.get(conversationId);
+  if (row) {
+    row.isRead = true;
+    if (typeof row.unreadCount === "number") row.unreadCount = 0;
+  }
+  renderConversationList();
+}
+
+function newTempId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  // Insecure origins (e.g. a LAN address over http) lack randomUUID.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// --------------------------------------------------------- server frames
+
+function handleFrame(frame) {
+  if (frame.type === "new-message") onNewMessage(frame);
+  else if (frame.type === "read-messages") onReadMessages(frame);
+  else if (frame.type === "error") onErrorFrame(frame);
+}
+
+function onNewMessage(frame) {
+  const { messageId, tempMessageId, conversationId, senderId, content, sentAt } = frame;
+  if (!messageId || !conversationId) return;
+  const mine = senderId === session.username;
+
+  const pending = tempMessageId ? state.pending.get(tempMessageId) : undefined;
+  if (pending && pending.conversationId === conversationId) {
+    clearTimeout(pending.timer);
+    state.pending.delete(tempMessageId);
+  }
+
+  const firstSighting = !state.seen.has(messageId);
+  state.seen.add(messageId);
+  const row = state.conversations.get(conversationId);
+  if (!row) {
+    refreshConversationsSoon(); // someone started a conversation with us
+  } else if (firstSighting) {
+    if (String(sentAt) >= String(row.sentAt ?? "")) {
+      Object.assign(row, { latestContent: content, senderId, sentAt, latestMessageId: messageId });
+    }
+    if (mine) {
+      row.isRead = true;
+    } else if (conversationId !== state.openId) {
+      row.isRead = false;
+      if (typeof row.unreadCount === "number") row.unreadCount += 1;
+    }
+  }
+
+  if (conversationId === state.openId) {
+    const message = { messageId, conversationId, senderId, content, sentAt };
+    if (tempMessageId) message.tempMessageId = tempMessageId;
+    addMessages([message]);
+    renderMessages({ toBottom: mine });
+    if (!mine && firstSighting) markRead(conversationId);
+  }
+  renderConversationList();
+}
+
+function onReadMessages(frame) {
+  const { conversationId, userId, lastReadMessageId, readAt } = frame;
+  if (!conversationId) return;
+  if (userId === session.username) {
+    const row = state.conversations.get(conversationId);
+    if (row) {
+      row.isRead = true;
+      if (typeof row.unreadCount === "number") row.unreadCount = 0;
+      renderConversationList();
+    }
+    return;
+  }
+  if (!userId || !lastReadMessageId) return;
+  if (!state.receipts.has(conversationId)) state.receipts.set(conversationId, new Map());
+  state.receipts.get(conversationId).set(userId, { lastReadMessageId, readAt });
+  if (conversationId === state.openId) renderMessages();
+}
+
+function onErrorFrame(frame) {
+  const text = frame.message || frame.code || "The server reported an error.";
+  const pending = frame.tempMessageId ? state.pending.get(frame.tempMessageId) : undefined;
+  if (pending) markFailed(pending, text);
+  notify(text);
+}
+
+// --------------------------------------------------------- message list
+
+/**
+ * Keyed render: each message keeps its <li> (a pending message keeps it when confirmed,
+ * both are keyed by tempMessageId), so scrolling and text selection survive updates.
+ */
+function renderMessages({ toBottom = false } = {}) {
+  const scroller = ui.scroller;
+  const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+  const pending = [...state.pending.values()].filter((m) => m.conversationId === state.openId);
+  const items = [...state.messages, ...pending];
+  const readers = readPositions();
+  const row = state.conversations.get(state.openId);
+  const isGroup = Boolean(row && row.isGroup);
+
+  const wanted = new Set();
+  let cursor = ui.messageList.firstChild;
+  items.forEach((message, index) => {
+    const key = message.tempMessageId || message.messageId;
+    wanted.add(key);
+    let node = messageNodes.get(key);
+    if (!node) {
+      node = document.createElement("li");
+      messageNodes.set(key, node);
+    }
+    const readBy = message.state ? [] : readersOf(message, index, readers);
+    fillMessage(node, message, readBy, isGroup);
+    if (node === cursor) cursor = cursor.nextSibling;
+    else ui.messageList.insertBefore(node, cursor);
+  });
+  for (const [key, node] of messageNodes) {
+    if (!wanted.has(key)) {
+      node.remove();
+      messageNodes.delete(key);
+    }
+  }
+
+  if (!state.loadingOlder) {
+    ui.historyStatus.textContent = state.hasOlder
+      ? ""
+      : items.length
+        ? "Beginning of the conversation"
+        : "No messages yet — say hello.";
+  }
+  if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
+}
+
+/** Other participants' read positions in the open conversation (known from live receipts). */
+function readPositions() {
+  const receipts = state.receipts.get(state.openId);
+  if (!receipts) return [];
+  return [...receipts].map(([userId, { lastReadMessageId, readAt }]) => ({
+    userId,
+    index: state.messages.findIndex((m) => m.messageId === lastReadMessageId),
+    readAt: readAt ?? "",
+  }));
+}
+
+function readersOf(message, index, readers) {
+  if (message.senderId !== session.username) return [];
+  return readers
+    .filter((r) => (r.index >= 0 ? index <= r.index : String(message.sentAt) <= String(r.readAt)))
+    .map((r) => r.userId);
+}
+
+function fillMessage(node, message, readBy, isGroup) {
+  const mine = message.senderId === session.username;
+  const status = message.state || "sent";
+  // Rebuild only when something visible changed.
+  const signature = JSON.stringify([message.messageId, status, message.error, readBy, message.content, message.sentAt]);
+  if (node.dataset.signature === signature) return;
+  node.dataset.signature = signature;
+
+  node.className = `message ${mine ? "mine" : "theirs"} ${status}`;
+  node.dataset.testid = "message";
+  node.dataset.state = status;
+  node.dataset.sender = message.senderId ?? "";
+  if (message.messageId) node.dataset.messageId = message.messageId;
+  else delete node.dataset.messageId;
+  if (message.tempMessageId) node.dataset.tempId = message.tempMessageId;
+  else delete node.dataset.tempId;
+
+  const meta = h(
+    "div",
+    { class: "meta" },
+    h("time", { "data-testid": "message-time", datetime: message.sentAt, title: fullTime(message.sentAt) }, formatTime(message.sentAt, true)),
+  );
+  if (status === "sending") meta.append(h("span", { class: "status" }, "Sending…"));
+  if (status === "failed") {
+    meta.append(
+      h("span", { class: "status failed-text", title: message.error }, `Not sent${message.error ? ` (${message.error})` : ""}`),
+      h("button", { type: "button", class: "retry", "data-testid": "retry-button" }, "Retry"),
+    );
+  }
+  if (readBy.length) {
+    meta.append(h("span", { class: "receipt", "data-testid": "read-receipt" }, isGroup ? `Read by ${readBy.join(", ")}` : "Read"));
+  }
+  const bubble = h("div", { class: "bubble", "data-testid": "message-content" }, message.content);
+  if (isGroup && !mine) {
+    node.replaceChildren(h("div", { class: "sender", "data-testid": "message-sender" }, message.senderId), bubble, meta);
+  } else {
+    node.replaceChildren(bubble, meta);
+  }
+}
+
+// ---------------------------------------------------------------- chrome
+
+function renderConnection(socketState, retryInMs) {
+  const view = {
+    connecting: ["connecting", "Connecting…", "Connecting to the chat server"],
+    open: ["online", "Online", "Connected"],
+    offline: ["offline", "Offline", `Reconnecting in ${Math.ceil((retryInMs ?? 0) / 1000)} s — click to retry now`],
+    stopped: ["offline", "Offline", "Signed out"],
+  }[socketState];
+  ui.connection.dataset.state = view[0];
+  ui.connection.textContent = view[1];
+  ui.connection.title = view[2];
+  ui.connection.disabled = socketState !== "offline";
+}
+
+let toastTimer = null;
+function notify(text) {
+  ui.toast.textContent = text;
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    ui.toast.hidden = true;
+  }, 6000);
+}
+
+function autosize() {
+  const input = ui.composerInput;
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  input.style.overflowY = input.scrollHeight > 160 ? "auto" : "hidden";
+}
+
+/** Creates an element; attributes via setAttribute, children as nodes or text (never parsed as HTML). */
+function h(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined) continue;
+    if (name === "class") node.className = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+function initials(name) {
+  return (
+    String(name)
+      .split(/\s+/)
+      .filter(Boolean)
+      .slice(0, 2)
+      .map((word) => [...word][0].toUpperCase())
+      .join("") || "?"
+  );
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** hh:mm for today; otherwise the date (with the time too when withTime). Local time. */
+function formatTime(iso, withTime) {
+  const date = new Date(iso);
+  if (!iso || Number.isNaN(date.getTime())) return "";
+  const now = new Date();
+  const time = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+  if (date.toDateString() === now.toDateString()) return time;
+  const options = { day: "numeric", month: "short" };
+  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  const day = date.toLocaleDateString(undefined, options);
+  return withTime ? `${day}, ${time}` : day;
+}
+
+function fullTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
+}
+
+// ---------------------------------------------------------------- wiring
+
+ui.signinForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  signIn(ui.username.value);
+});
+ui.switchUser.addEventListener("click", signOut);
+ui.connection.addEventListener("click", () => socket.reconnectNow());
+ui.newForm.addEventListener("submit", createConversation);
+ui.back.addEventListener("click", closeConversation);
+ui.composer.addEventListener("submit", sendMessage);
+ui.composerInput.addEventListener("input", autosize);
+ui.composerInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+ui.scroller.addEventListener("scroll", () => {
+  if (ui.scroller.scrollTop < 120) loadOlder();
+});
+ui.messageList.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-testid=retry-button]");
+  const item = button && button.closest("[data-temp-id]");
+  if (item) retry(item.dataset.tempId);
+});
+
+const savedUser = sessionStorage.getItem(USER_KEY);
+if (savedUser) signIn(savedUser);
+else showSignIn("", "");
