@@ -77,7 +77,8 @@ def add_cors_headers(event: Any, get_response: Callable[[Any], Response]) -> Res
 
 @api("/conversation", "POST")
 def create_conversation() -> Any:
-    return get_service().create_conversation(caller(), app.current_request.raw_body)
+    request = app.current_request
+    return get_service().create_conversation(caller(), request.raw_body if request else None)
 
 
 @api("/conversation/direct/{userId}", "GET")
@@ -88,7 +89,7 @@ def get_user_direct_conversation(userId: str) -> Any:  # noqa: N803 - the contra
 @api("/conversations", "GET")
 def get_user_conversations() -> Any:
     page = get_service().list_conversations(caller(), query_params(app.current_request))
-    headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
+    headers: dict[str, str | list[str]] = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
     return Response(body=page.items, headers=headers)
 
 

@@ -9,6 +9,7 @@ that did reach the server and commit is caught by its idempotency key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -71,11 +72,7 @@ def _iam_token(params: Mapping[str, Any], region: str) -> str:
     import boto3
 
     client = boto3.client("rds", region_name=region)
-    return str(
-        client.generate_db_auth_token(
-            DBHostname=params["host"], Port=params["port"], DBUsername=params["user"]
-        )
-    )
+    return str(client.generate_db_auth_token(DBHostname=params["host"], Port=params["port"], DBUsername=params["user"]))
 
 
 class Database:
@@ -94,10 +91,8 @@ class Database:
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
-                try:
+                with contextlib.suppress(InterfaceError, OSError):
                     self._connection.close()
-                except (InterfaceError, OSError):
-                    pass
                 self._connection = None
 
     def run_sql(self, sql: str, **params: Any) -> list[Row]:

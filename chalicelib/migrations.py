@@ -43,9 +43,7 @@ def discover(directory: Path) -> list[Migration]:
         match = _FILE.match(path.name)
         if not match:
             raise ValueError(f"{path.name}: migration files are named NNNN_name.sql")
-        migrations.append(
-            Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8"))
-        )
+        migrations.append(Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8")))
     versions = [migration.version for migration in migrations]
     if len(set(versions)) != len(versions):
         raise ValueError("two migration files share a version number")
@@ -79,8 +77,7 @@ def apply_migrations(database: Database, directory: Path = DEFAULT_DIR) -> list[
             try:
                 database.run_sql(migration.sql)
                 database.run_sql(
-                    "INSERT INTO schema_migrations (version, name, checksum)"
-                    " VALUES (:version, :name, :checksum)",
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (:version, :name, :checksum)",
                     version=migration.version,
                     name=migration.name,
                     checksum=migration.checksum,

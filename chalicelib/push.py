@@ -105,10 +105,8 @@ class Pusher:
     def push_all(self, pushes: Sequence[Push]) -> PushReport:
         """Deliver every push; never raises for a single connection's failure."""
         report = PushReport()
-        if len(pushes) == 1:
-            outcomes = [self._deliver(pushes[0])]
-        else:
-            outcomes = list(self._executor.map(self._deliver, pushes))
+        # A single push (an echo, an error frame) is not worth a thread hop.
+        outcomes = [self._deliver(pushes[0])] if len(pushes) == 1 else list(self._executor.map(self._deliver, pushes))
         for connection_id, outcome in outcomes:
             getattr(report, outcome).append(connection_id)
         return report

@@ -96,9 +96,7 @@ class RedisRegistry:
 
     def unregister(self, connection_id: str) -> str | None:
         """Forget this one connection; returns the user it belonged to, if any."""
-        user = self._unregister(
-            keys=[self._conn_prefix + connection_id], args=[connection_id, self._user_prefix]
-        )
+        user = self._unregister(keys=[self._conn_prefix + connection_id], args=[connection_id, self._user_prefix])
         return _text(user)
 
     def connections_for(self, user_ids: Iterable[str]) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.db import Database, Row
@@ -18,7 +18,7 @@ from chalicelib.validation import ListCursor, MessagePageQuery, NewConversation
 from chalicelib.wire import StoredMessage
 
 # Sorts after every real (activity, id) pair: the first page's cursor.
-_FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=timezone.utc), "ffffffff-ffff-ffff-ffff-ffffffffffff")
+_FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,7 @@ class ChatRepository:
 
     # --- messages --------------------------------------------------------------------
 
-    def send_message(
-        self, sender: str, conversation_id: str, temp_message_id: str, content: str
-    ) -> SentMessage:
+    def send_message(self, sender: str, conversation_id: str, temp_message_id: str, content: str) -> SentMessage:
         """Store a message once; a repeated tempMessageId returns the original."""
         message_id = str(uuid.uuid4())
         try:
@@ -175,9 +173,7 @@ class ChatRepository:
             low = high - page.limit
         if high <= 0:
             return []
-        return self._db.run(
-            "messages_in_seq_range", conversation_id=conversation_id, low=max(low, 0), high=high
-        )
+        return self._db.run("messages_in_seq_range", conversation_id=conversation_id, low=max(low, 0), high=high)
 
     def _position(self, conversation_id: str, message_id: str, field: str) -> int:
         rows = self._db.run("message_position", conversation_id=conversation_id, message_id=message_id)

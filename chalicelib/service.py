@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from chalicelib.auth import TokenVerifier
 from chalicelib.config import Settings
@@ -21,8 +20,8 @@ from chalicelib.registry import ConnectionRegistry
 from chalicelib.repository import ChatRepository
 from chalicelib.validation import (
     FrameError,
-    ListCursor,
     Heartbeat,
+    ListCursor,
     ReadMessages,
     SendMessage,
     frame_context,
@@ -93,9 +92,7 @@ class ChatService:
 
     def list_conversations(self, caller: str, params: Mapping[str, str]) -> Page:
         query = parse_conversation_list_query(params)
-        rows = self._repo.user_conversations(
-            caller, is_read=query.is_read, limit=query.limit, cursor=query.cursor
-        )
+        rows = self._repo.user_conversations(caller, is_read=query.is_read, limit=query.limit, cursor=query.cursor)
         next_cursor = None
         if query.paged and len(rows) == query.limit:
             last = rows[-1]
@@ -107,9 +104,7 @@ class ChatService:
         row = self._repo.member_conversation(conversation_id, caller)
         return conversation_body(row, self._repo.participants(conversation_id), caller)
 
-    def conversation_messages(
-        self, caller: str, conversation_id: str, params: Mapping[str, str]
-    ) -> list[JSONObject]:
+    def conversation_messages(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> list[JSONObject]:
         conversation_id = parse_uuid(conversation_id, "conversationId")
         page = parse_message_page_query(params)
         row = self._repo.member_conversation(conversation_id, caller)
@@ -151,9 +146,7 @@ class ChatService:
             return report
         except ChatError as error:
             action, temp = (
-                (error.action, error.temp_message_id)
-                if isinstance(error, FrameError)
-                else frame_context(body)
+                (error.action, error.temp_message_id) if isinstance(error, FrameError) else frame_context(body)
             )
             frame = error_frame(error.code, error.message, action, temp)
         except Exception:
@@ -170,9 +163,7 @@ class ChatService:
         if isinstance(frame, Heartbeat):
             return []
         if isinstance(frame, SendMessage):
-            sent = self._repo.send_message(
-                user, frame.conversation_id, frame.temp_message_id, frame.content
-            )
+            sent = self._repo.send_message(user, frame.conversation_id, frame.temp_message_id, frame.content)
             if not sent.is_new:
                 return plan_echo(sent.message, connection_id)
             connections = self._registry().connections_for(sent.participants)
@@ -182,6 +173,4 @@ class ChatService:
         if read.receipt is None:
             return plan_read(frame.conversation_id, user, [], {}, connection_id, None)
         connections = self._registry().connections_for(read.participants)
-        return plan_read(
-            frame.conversation_id, user, read.participants, connections, connection_id, read.receipt
-        )
+        return plan_read(frame.conversation_id, user, read.participants, connections, connection_id, read.receipt)

@@ -93,9 +93,7 @@ def parse_new_conversation(body: Mapping[str, Any], caller: str, settings: Setti
         title = ""
     if not isinstance(title, str):
         raise BadRequest("title must be a string")
-    others = list(
-        dict.fromkeys(parse_user_id(user, "recipientIdArr[]") for user in recipients)
-    )
+    others = list(dict.fromkeys(parse_user_id(user, "recipientIdArr[]") for user in recipients))
     if not is_group:
         if len(others) != 1:
             raise BadRequest("A direct conversation needs exactly one recipient")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 JSONObject = dict[str, Any]
@@ -18,7 +18,7 @@ JSONObject = dict[str, Any]
 
 def iso(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a trailing Z: 2026-11-28T10:33:11.123Z."""
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -114,9 +114,7 @@ def read_messages_frame(
     return frame
 
 
-def error_frame(
-    code: str, message: str, action: str | None, temp_message_id: str | None = None
-) -> JSONObject:
+def error_frame(code: str, message: str, action: str | None, temp_message_id: str | None = None) -> JSONObject:
     frame: JSONObject = {"type": "error", "code": code, "message": message, "action": action}
     if temp_message_id is not None:
         frame["tempMessageId"] = temp_message_id

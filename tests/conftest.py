@@ -169,12 +169,16 @@ class Rest:
         return response.status_code, json.loads(response.body)
 
     def direct(self, user: str, other: str) -> str:
-        status, body = self.json("POST", "/conversation", user, {"recipientIdArr": [other], "isGroup": False, "title": ""})
+        status, body = self.json(
+            "POST", "/conversation", user, {"recipientIdArr": [other], "isGroup": False, "title": ""}
+        )
         assert status == 200, body
         return str(body["conversationId"])
 
     def group(self, user: str, others: list[str], title: str = "team") -> str:
-        status, body = self.json("POST", "/conversation", user, {"recipientIdArr": others, "isGroup": True, "title": title})
+        status, body = self.json(
+            "POST", "/conversation", user, {"recipientIdArr": others, "isGroup": True, "title": title}
+        )
         assert status == 200, body
         return str(body["conversationId"])
 
@@ -197,7 +201,9 @@ class Sockets:
     opened: list[str] = field(default_factory=list)
 
     @staticmethod
-    def event(route_key: str, connection_id: str, *, body: str | None = None, query: dict[str, str] | None = None) -> dict[str, Any]:
+    def event(
+        route_key: str, connection_id: str, *, body: str | None = None, query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         event_type = {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}.get(route_key, "MESSAGE")
         return {
             "requestContext": {
@@ -248,11 +254,18 @@ class Sockets:
     def frames_of_type(self, connection_id: str, frame_type: str) -> list[Any]:
         return [frame for frame in self.frames(connection_id) if frame.get("type") == frame_type]
 
-    def message(self, connection_id: str, conversation_id: str, content: str, temp: str | None = None) -> dict[str, Any]:
+    def message(
+        self, connection_id: str, conversation_id: str, content: str, temp: str | None = None
+    ) -> dict[str, Any]:
         """Send a message and return the new-message frame echoed to the sender."""
         temp = temp or uuid.uuid4().hex
-        self.send(connection_id, {"action": "send-message", "tempMessageId": temp, "conversationId": conversation_id, "content": content})
-        echoes = [frame for frame in self.frames_of_type(connection_id, "new-message") if frame["tempMessageId"] == temp]
+        self.send(
+            connection_id,
+            {"action": "send-message", "tempMessageId": temp, "conversationId": conversation_id, "content": content},
+        )
+        echoes = [
+            frame for frame in self.frames_of_type(connection_id, "new-message") if frame["tempMessageId"] == temp
+        ]
         assert echoes, self.frames(connection_id)
         return echoes[-1]
 

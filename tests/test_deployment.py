@@ -24,7 +24,11 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         env.pop(name, None)
     subprocess.run(
         [str(BIN / "chalice"), "package", "--stage", request.param, str(out)],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     return out, json.loads((out / "sam.json").read_text())
 
@@ -33,7 +37,9 @@ def test_cfn_lint_reports_no_errors(template: tuple[Path, dict[str, Any]]) -> No
     out, _ = template
     result = subprocess.run(
         [str(BIN / "cfn-lint"), "--format", "parseable", str(out / "sam.json")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # cfn-lint's exit code is a bit mask: 2 errors, 4 warnings, 8 informational; 1 a crash.
     assert result.returncode & 3 == 0, result.stdout + result.stderr

@@ -63,7 +63,10 @@ def test_concurrent_direct_creates_yield_one_conversation(rest: Rest) -> None:
 def test_group_drops_duplicates_and_caller(rest: Rest) -> None:
     alice, bob, carol = new_user("alice"), new_user("bob"), new_user("carol")
     status, body = rest.json(
-        "POST", "/conversation", alice, {"recipientIdArr": [bob, carol, bob, alice], "isGroup": True, "title": "  Trip  "}
+        "POST",
+        "/conversation",
+        alice,
+        {"recipientIdArr": [bob, carol, bob, alice], "isGroup": True, "title": "  Trip  "},
     )
     assert status == 200
     conversation_id = body["conversationId"]
@@ -224,7 +227,9 @@ def test_message_pages_by_offset(rest: Rest, history: tuple[str, str, list[dict[
     assert set(page[0]) == {"messageId", "conversationId", "senderId", "content", "sentAt"}
     assert page[0]["content"] == "m24" and ISO.match(page[0]["sentAt"])
     assert ids(rest.json("GET", f"{path}?offset=20", alice)[1]) == ids(newest_first[20:])
-    assert ids(rest.json("GET", f"{path}?offset=5&limit=3&order=asc", alice)[1]) == ids(list(reversed(newest_first[5:8])))
+    assert ids(rest.json("GET", f"{path}?offset=5&limit=3&order=asc", alice)[1]) == ids(
+        list(reversed(newest_first[5:8]))
+    )
     assert rest.json("GET", f"{path}?offset=25", alice)[1] == []
     assert rest.json("GET", f"{path}?offset=1000", alice)[1] == []
 
@@ -242,16 +247,30 @@ def test_message_pages_by_cursor(rest: Rest, history: tuple[str, str, list[dict[
 
 @pytest.mark.parametrize(
     "query",
-    ["offset=-1", "offset=x", "limit=0", "limit=101", "limit=2.5", "order=up", "before=nope", "after=1",
-     "before=00000000-0000-0000-0000-000000000000", "offset=1&before=00000000-0000-0000-0000-000000000000"],
+    [
+        "offset=-1",
+        "offset=x",
+        "limit=0",
+        "limit=101",
+        "limit=2.5",
+        "order=up",
+        "before=nope",
+        "after=1",
+        "before=00000000-0000-0000-0000-000000000000",
+        "offset=1&before=00000000-0000-0000-0000-000000000000",
+    ],
 )
-def test_bad_message_page_queries_are_400(rest: Rest, history: tuple[str, str, list[dict[str, Any]]], query: str) -> None:
+def test_bad_message_page_queries_are_400(
+    rest: Rest, history: tuple[str, str, list[dict[str, Any]]], query: str
+) -> None:
     alice, conversation_id, _ = history
     status, error = rest.json("GET", f"/conversations/{conversation_id}/messages?{query}", alice)
     assert status == 400 and error["Code"] == "BadRequest"
 
 
-def test_cursor_from_another_conversation_is_rejected(rest: Rest, sockets: Sockets, history: tuple[str, str, list[dict[str, Any]]]) -> None:
+def test_cursor_from_another_conversation_is_rejected(
+    rest: Rest, sockets: Sockets, history: tuple[str, str, list[dict[str, Any]]]
+) -> None:
     alice, conversation_id, _ = history
     other = rest.direct(alice, new_user())
     foreign = sockets.message(sockets.connect(alice), other, "elsewhere")
@@ -286,9 +305,14 @@ def test_authorization_matrix(rest: Rest, route: str, who: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/conversations"), ("POST", "/conversation"), ("GET", "/conversation/direct/bob"),
-     ("GET", f"/conversations/{uuid.uuid4()}"), ("GET", f"/conversations/{uuid.uuid4()}/messages"),
-     ("GET", f"/conversations/{uuid.uuid4()}/participants")],
+    [
+        ("GET", "/conversations"),
+        ("POST", "/conversation"),
+        ("GET", "/conversation/direct/bob"),
+        ("GET", f"/conversations/{uuid.uuid4()}"),
+        ("GET", f"/conversations/{uuid.uuid4()}/messages"),
+        ("GET", f"/conversations/{uuid.uuid4()}/participants"),
+    ],
 )
 def test_missing_token_is_401_json_object(rest: Rest, method: str, path: str) -> None:
     response = rest.call(method, path, None, {} if method == "POST" else None)

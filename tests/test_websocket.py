@@ -109,7 +109,10 @@ def test_resending_a_temp_id_stores_nothing_and_echoes_the_original(rest: Rest, 
     conversation_id = rest.direct(alice, bob)
     tab, other_tab, bob_conn = sockets.connect(alice), sockets.connect(alice), sockets.connect(bob)
     original = sockets.message(tab, conversation_id, "once", temp="retry-me")
-    sockets.send(tab, {"action": "send-message", "tempMessageId": "retry-me", "conversationId": conversation_id, "content": "once"})
+    sockets.send(
+        tab,
+        {"action": "send-message", "tempMessageId": "retry-me", "conversationId": conversation_id, "content": "once"},
+    )
     echoes = sockets.frames_of_type(tab, "new-message")
     assert echoes == [original, original]
     assert len(sockets.frames_of_type(bob_conn, "new-message")) == 1
@@ -141,7 +144,9 @@ def test_concurrent_retries_store_exactly_one(rest: Rest, sockets: Sockets) -> N
         thread.join()
     sockets.send(tabs[0], frame)
     assert message_count(conversation_id) == 1
-    rows = get_database().run_sql("SELECT last_seq FROM conversation_table WHERE conversation_id = :c", c=conversation_id)
+    rows = get_database().run_sql(
+        "SELECT last_seq FROM conversation_table WHERE conversation_id = :c", c=conversation_id
+    )
     assert rows[0]["last_seq"] == 1  # the losers' positions were rolled back: no gap
 
 
@@ -163,7 +168,10 @@ def test_concurrent_retries_store_exactly_one(rest: Rest, sockets: Sockets) -> N
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": None}, "BadRequest"),
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "a\x00b"}, "BadRequest"),
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "\ud83d"}, "BadRequest"),
-        ({"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "x" * 4001}, "PayloadTooLarge"),
+        (
+            {"action": "send-message", "tempMessageId": "t", "conversationId": "CID", "content": "x" * 4001},
+            "PayloadTooLarge",
+        ),
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "OTHER", "content": "hi"}, "NotFound"),
         ({"action": "send-message", "tempMessageId": "t", "conversationId": "UNKNOWN", "content": "hi"}, "NotFound"),
         ({"action": "read-messages"}, "BadRequest"),
@@ -178,7 +186,8 @@ def test_bad_frames_get_an_error_frame_and_store_nothing(rest: Rest, sockets: So
     if isinstance(frame, dict):
         frame = {
             key: {"CID": conversation_id, "OTHER": foreign, "UNKNOWN": str(uuid.uuid4())}.get(value, value)
-            if isinstance(value, str) else value
+            if isinstance(value, str)
+            else value
             for key, value in frame.items()
         }
     sockets.send(tab, frame)
@@ -247,7 +256,11 @@ def test_failing_pushes_never_fail_a_stored_send(rest: Rest, sockets: Sockets, s
 def test_read_clears_badges_and_sends_receipts_once(rest: Rest, sockets: Sockets) -> None:
     alice, bob, carol = new_user("alice"), new_user("bob"), new_user("carol")
     conversation_id = rest.group(alice, [bob, carol])
-    alice_tab, bob_tabs, carol_tab = sockets.connect(alice), [sockets.connect(bob), sockets.connect(bob)], sockets.connect(carol)
+    alice_tab, bob_tabs, carol_tab = (
+        sockets.connect(alice),
+        [sockets.connect(bob), sockets.connect(bob)],
+        sockets.connect(carol),
+    )
     sockets.message(alice_tab, conversation_id, "one")
     latest = sockets.message(alice_tab, conversation_id, "two")
     assert rest.json("GET", "/conversations", bob)[1][0]["unreadCount"] == 2
@@ -263,7 +276,9 @@ def test_read_clears_badges_and_sends_receipts_once(rest: Rest, sockets: Sockets
     # Reading again moves nothing: only the reading tab hears back, with no receipt.
     sockets.send(bob_tabs[1], {"action": "read-messages", "conversationId": conversation_id})
     assert sockets.frames_of_type(bob_tabs[1], "read-messages")[-1] == {
-        "type": "read-messages", "conversationId": conversation_id, "userId": bob,
+        "type": "read-messages",
+        "conversationId": conversation_id,
+        "userId": bob,
     }
     assert len(sockets.frames_of_type(alice_tab, "read-messages")) == 1
     assert len(sockets.frames_of_type(bob_tabs[0], "read-messages")) == 1
@@ -286,6 +301,8 @@ def test_two_clients_chat_end_to_end(rest: Rest, sockets: Sockets) -> None:
     sockets.send(bob_tabs[0], {"action": "read-messages", "conversationId": conversation_id})
     assert all(row["isRead"] for row in rest.json("GET", "/conversations", alice)[1])
     page = rest.json("GET", f"/conversations/{conversation_id}/messages?limit=4", bob)[1]
-    older = rest.json("GET", f"/conversations/{conversation_id}/messages?before={page[-1]['messageId']}&limit=4", bob)[1]
+    older = rest.json("GET", f"/conversations/{conversation_id}/messages?before={page[-1]['messageId']}&limit=4", bob)[
+        1
+    ]
     assert [m["content"] for m in page + older] == [f"message {i}" for i in reversed(range(6))]
     assert json.loads(json.dumps(page))[0]["sentAt"] == sent[-1]["sentAt"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from chalicelib.wire import Push, StoredMessage, iso, plan_echo, plan_new_message, plan_read
 
-SENT = datetime(2026, 11, 28, 10, 33, 11, 123456, tzinfo=timezone.utc)
+SENT = datetime(2026, 11, 28, 10, 33, 11, 123456, tzinfo=UTC)
 MESSAGE = StoredMessage("m-1", "c-1", "alice", "t-1", "hi", SENT)
 
 
@@ -23,8 +23,13 @@ def test_new_message_goes_to_every_connection_once_sender_included() -> None:
     assert [p.connection_id for p in pushes] == ["a1", "a2", "b1"]
     assert all(p.frame == pushes[0].frame for p in pushes)
     assert pushes[0].frame == {
-        "type": "new-message", "messageId": "m-1", "tempMessageId": "t-1", "conversationId": "c-1",
-        "senderId": "alice", "content": "hi", "sentAt": "2026-11-28T10:33:11.123Z",
+        "type": "new-message",
+        "messageId": "m-1",
+        "tempMessageId": "t-1",
+        "conversationId": "c-1",
+        "senderId": "alice",
+        "content": "hi",
+        "sentAt": "2026-11-28T10:33:11.123Z",
     }
 
 
@@ -36,8 +41,11 @@ def test_read_that_advanced_reaches_reader_and_others_with_receipt() -> None:
     pushes = plan_read("c-1", "bob", ["alice", "bob"], {"alice": ["a1"], "bob": ["b1", "b2"]}, "b2", ("m-1", SENT))
     assert sorted(p.connection_id for p in pushes) == ["a1", "b1", "b2"]
     assert pushes[0].frame == {
-        "type": "read-messages", "conversationId": "c-1", "userId": "bob",
-        "lastReadMessageId": "m-1", "readAt": "2026-11-28T10:33:11.123Z",
+        "type": "read-messages",
+        "conversationId": "c-1",
+        "userId": "bob",
+        "lastReadMessageId": "m-1",
+        "readAt": "2026-11-28T10:33:11.123Z",
     }
 
 

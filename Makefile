@@ -1,0 +1,43 @@
+# One front door. Each target prepares .venv (Python 3.11) on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: dev test lint format migrate bench package clean
+
+$(READY): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(READY)
+
+## dev: run the whole API locally (REST :8000, WebSocket :8001); Ctrl-C stops everything
+dev: $(READY)
+	$(BIN)/python -m local.server
+
+## test: the full suite against real PostgreSQL and Redis (embedded unless DATABASE_URL/REDIS_URL)
+test: $(READY)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy --strict
+lint: $(READY)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check chalicelib local app.py
+	$(BIN)/mypy --strict chalicelib local app.py
+
+format: $(READY)
+	$(BIN)/ruff format chalicelib local app.py
+	$(BIN)/ruff check --fix .
+
+## migrate: apply sql/ migrations to DATABASE_URL (or DB_*)
+migrate: $(READY)
+	$(BIN)/python -m chalicelib.migrations
+
+## package: the CloudFormation/SAM template, as `chalice deploy` would build it, into build/
+package: $(READY)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $${STAGE:-dev} build/
+	$(BIN)/cfn-lint build/sam.json
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
