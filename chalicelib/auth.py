@@ -6,7 +6,8 @@ token is verified here: RS256 only, a known ``kid``, ``iss``, ``aud`` (the app
 client id), ``token_use == "id"``, ``exp``/``iat`` and the username claim.
 
 Keys come either from the pool's JWKS URL (PyJWKClient caches them and refetches
-once when a token names an unknown ``kid``, which is how key rotation shows up)
+when a token names an unknown ``kid``, which is how key rotation shows up, at
+most once per cooldown)
 or from inline JWKS JSON, for Lambdas in a VPC without a route to Cognito.
 """
 
@@ -45,7 +46,13 @@ class TokenVerifier:
         if settings.jwks_json:
             self._inline_keys = jwt.PyJWKSet.from_dict(json.loads(settings.jwks_json))
         else:
-            self._client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=3600, timeout=5)
+            self._client = jwt.PyJWKClient(
+                settings.jwks_url,
+                cache_keys=True,
+                lifespan=3600,
+                timeout=5,
+                cooldown_duration=settings.jwks_refresh_cooldown_s,
+            )
 
     def _signing_key(self, kid: str) -> Any:
         if self._inline_keys is not None:

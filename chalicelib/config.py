@@ -47,6 +47,8 @@ class Settings:
     jwks_url_override: str = ""
     # Inline JWKS JSON for Lambdas in a VPC without a NAT route to Cognito.
     jwks_json: str = ""
+    # An unknown kid forces a JWKS refetch at most this often (shields Cognito from floods of forged kids).
+    jwks_refresh_cooldown_s: float = 30.0
     cors_allowed_origins: tuple[str, ...] = ("http://localhost:4200",)
     max_message_chars: int = 4000
     max_title_chars: int = 300
@@ -112,6 +114,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         token_issuer_override=env.get("TOKEN_ISSUER", ""),
         jwks_url_override=env.get("JWKS_URL", ""),
         jwks_json=env.get("JWKS_JSON", ""),
+        jwks_refresh_cooldown_s=_float(env, "JWKS_REFRESH_COOLDOWN_SECONDS", 30.0),
         cors_allowed_origins=origins,
         max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4000),
         max_title_chars=_int(env, "MAX_TITLE_CHARS", 300),
