@@ -60,5 +60,5 @@ def test_a_failing_migration_leaves_nothing_behind(empty_database: Database, tmp
 
 def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "first.sql").write_text("SELECT 1;")
-    with pytest.raises(ValueError, match="NNNN_name.sql"):
+    with pytest.raises(ValueError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
