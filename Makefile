@@ -36,7 +36,8 @@ migrate: $(READY)
 
 ## package: the CloudFormation/SAM template, as `chalice deploy` would build it, into build/
 package: $(READY)
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $${STAGE:-dev} build/
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $${STAGE:-dev} \
+		--merge-template .chalice/merge-template.json build/
 	$(BIN)/cfn-lint build/sam.json
 
 clean:

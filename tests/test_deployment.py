@@ -23,7 +23,8 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     for name in ("DATABASE_URL", "REDIS_URL", "COGNITO_USER_POOL_ARN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(name, None)
     subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", request.param, str(out)],
+        [str(BIN / "chalice"), "package", "--stage", request.param,
+         "--merge-template", ".chalice/merge-template.json", str(out)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -82,3 +83,12 @@ def test_websocket_routes_are_wired(template: tuple[Path, dict[str, Any]]) -> No
     _, sam = template
     routes = {r["Properties"]["RouteKey"] for r in sam["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Route"}
     assert routes == {"$connect", "$default", "$disconnect"}
+
+
+def test_gateway_errors_keep_the_error_shape_and_cors(template: tuple[Path, dict[str, Any]]) -> None:
+    """API Gateway's own 401 (Cognito authorizer) answers {"Code", "Message"} with CORS headers too."""
+    _, sam = template
+    responses = sam["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+    for kind in ("DEFAULT_4XX", "DEFAULT_5XX"):
+        assert "gatewayresponse.header.Access-Control-Allow-Origin" in responses[kind]["responseParameters"]
+        assert '"Code"' in responses[kind]["responseTemplates"]["application/json"]
