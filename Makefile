@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: dev test lint format migrate bench package clean
+.PHONY: dev test soak lint format migrate bench package clean
 
 $(READY): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ dev: $(READY)
 test: $(READY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## soak: minutes of load through the local server (200 connections, 50 conversations, random reconnects);
+## prints the figures (lost, duplicated, latency, server memory). SOAK_SECONDS etc. override the size.
+soak: $(READY)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} SOAK_CONNECTIONS=$${SOAK_CONNECTIONS:-200} \
+	SOAK_CONVERSATIONS=$${SOAK_CONVERSATIONS:-50} SOAK_SESSION=$${SOAK_SESSION:-30} \
+	SOAK_SEND_INTERVAL=$${SOAK_SEND_INTERVAL:-10} \
+	$(BIN)/python -m pytest tests/test_soak.py -p no:warnings -q
+
 ## lint: ruff and mypy --strict
 lint: $(READY)
 	$(BIN)/ruff check .
@@ -29,6 +37,15 @@ lint: $(READY)
 format: $(READY)
 	$(BIN)/ruff format chalicelib local app.py
 	$(BIN)/ruff check --fix .
+
+## bench: seed (or reuse) a 1M-message dataset and measure every hot path beside the naive design
+##        -> bench/results.json, bench/chart.png, and a table (BENCH_ARGS="--quick" for a smoke run)
+bench: $(READY) $(VENV)/.bench-ready
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+$(VENV)/.bench-ready: bench/requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
 
 ## migrate: apply sql/ migrations to DATABASE_URL (or DB_*)
 migrate: $(READY)

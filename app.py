@@ -16,6 +16,7 @@ from chalice.app import (
 )
 
 from chalicelib.errors import ChatError, Unauthorized
+from chalicelib.logs import install_log_redaction
 from chalicelib.rest import cors_headers, error_response, query_params
 from chalicelib.wiring import connections_endpoint, get_service
 
@@ -23,6 +24,8 @@ app = Chalice(app_name="chat-api")
 # Chalice still files its WebSocket support under experimental features.
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.log.setLevel(logging.INFO)
+# Connect URLs carry ID tokens; no log line of this process may repeat one.
+install_log_redaction()
 
 # Declared at import because Chalice reads it when packaging; the stage's
 # environment (in .chalice/config.json) is applied before this module loads.

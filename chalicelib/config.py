@@ -12,6 +12,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+# conversation_table.title's CHECK constraint (sql/0001_initial.sql).
+TITLE_CHARS_IN_SCHEMA = 300
+
 
 @dataclass(frozen=True)
 class DatabaseSettings:
@@ -59,6 +62,17 @@ class Settings:
     connections_endpoint_url: str = ""
     push_concurrency: int = 64
     push_timeout_s: float = 3.0
+    # Attempts per push: 429, 5xx and connection errors are retried with exponential backoff and jitter.
+    push_max_attempts: int = 3
+    # The whole fan-out of one frame ends by then; pushes still running are reported as failed.
+    push_deadline_s: float = 5.0
+    # Redis connect/read timeout: how long a registry call may stall before the degraded path runs.
+    redis_timeout_s: float = 1.0
+    # Per-connection token bucket for send-message; a rate of 0 turns it off.
+    send_rate_per_s: float = 10.0
+    send_burst: int = 20
+    # Largest REST body or WebSocket frame the app parses at all.
+    max_request_bytes: int = 65536
 
     @property
     def token_issuer(self) -> str:
@@ -117,12 +131,19 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         jwks_refresh_cooldown_s=_float(env, "JWKS_REFRESH_COOLDOWN_SECONDS", 30.0),
         cors_allowed_origins=origins,
         max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4000),
-        max_title_chars=_int(env, "MAX_TITLE_CHARS", 300),
+        # The schema's CHECK allows 300: a larger setting would turn long titles into database faults.
+        max_title_chars=min(_int(env, "MAX_TITLE_CHARS", 300), TITLE_CHARS_IN_SCHEMA),
         max_participants=_int(env, "MAX_PARTICIPANTS", 100),
         connection_ttl_s=_int(env, "CONNECTION_TTL_SECONDS", 660),
         connections_endpoint_url=env.get("CONNECTIONS_ENDPOINT_URL", ""),
         push_concurrency=_int(env, "PUSH_CONCURRENCY", 64),
         push_timeout_s=_float(env, "PUSH_TIMEOUT_SECONDS", 3.0),
+        push_max_attempts=_int(env, "PUSH_MAX_ATTEMPTS", 3),
+        push_deadline_s=_float(env, "PUSH_DEADLINE_SECONDS", 5.0),
+        redis_timeout_s=_float(env, "REDIS_TIMEOUT_SECONDS", 1.0),
+        send_rate_per_s=_float(env, "SEND_RATE_PER_SECOND", 10.0),
+        send_burst=_int(env, "SEND_BURST", 20),
+        max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
     )
 
 

@@ -17,6 +17,9 @@ from chalicelib.errors import CONVERSATION_NOT_FOUND, BadRequest, Conflict, NotF
 from chalicelib.validation import ListCursor, MessagePageQuery, NewConversation
 from chalicelib.wire import StoredMessage
 
+# API Gateway closes every WebSocket connection after 2 hours; an older row is a missed $disconnect.
+MAX_CONNECTION_AGE_S = 2 * 3600
+
 # Sorts after every real (activity, id) pair: the first page's cursor.
 _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-ffff-ffffffffffff")
 
@@ -99,6 +102,19 @@ class ChatRepository:
             limit=limit,
         )
 
+    # --- connections (the durable copy of the registry's connection -> user) -----------
+
+    def save_connection(self, connection_id: str, user_id: str) -> None:
+        self._db.run("save_connection", connection_id=connection_id, user_id=user_id, max_age_s=MAX_CONNECTION_AGE_S)
+
+    def connection_user(self, connection_id: str) -> str | None:
+        """The user of a connection that may still be open, if it was recorded."""
+        rows = self._db.run("connection_user", connection_id=connection_id, max_age_s=MAX_CONNECTION_AGE_S)
+        return str(rows[0]["user_id"]) if rows else None
+
+    def delete_connection(self, connection_id: str) -> None:
+        self._db.run("delete_connection", connection_id=connection_id)
+
     # --- messages --------------------------------------------------------------------
 
     def send_message(self, sender: str, conversation_id: str, temp_message_id: str, content: str) -> SentMessage:
@@ -119,7 +135,7 @@ class ChatRepository:
             raise NotFound(CONVERSATION_NOT_FOUND)
         row = rows[0]
         message = StoredMessage(
-            str(row["message_id"]), conversation_id, sender, temp_message_id, content, row["sent_at"]
+            str(row["message_id"]), conversation_id, sender, temp_message_id, content, row["sent_at"], int(row["seq"])
         )
         return SentMessage(message, list(row["participant_ids"]), is_new=True)
 
@@ -140,6 +156,7 @@ class ChatRepository:
             temp_message_id,
             row["content"],
             row["sent_at"],
+            int(row["seq"]),
         )
         return SentMessage(message, [], is_new=False)
 

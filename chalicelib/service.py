@@ -4,6 +4,14 @@ REST methods take the caller's user id (from the authorizer's claims) and
 return JSON-ready values. WebSocket methods take a connection id and a raw
 frame, and answer through pushes; a bad frame or a fault is answered with an
 ``error`` frame to the offending connection only, and nothing is stored.
+
+Degraded mode: Redis is the registry fan-out reads, PostgreSQL keeps a durable
+copy of which user each connection belongs to (``connection_table``). When
+Redis is unreachable a frame's sender is found there, the message is stored,
+and the sender gets its ``new-message`` echo plus an ``error`` frame saying
+live delivery is degraded (recipients' connections cannot be looked up). When
+Redis answers but no longer knows a connection (expired, or Redis lost its
+data), the database row re-registers it: a frame is proof the socket is open.
 """
 
 from __future__ import annotations
@@ -11,14 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from chalicelib.auth import TokenVerifier
 from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, ChatError
 from chalicelib.push import Pusher, PushReport
-from chalicelib.registry import ConnectionRegistry
+from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
 from chalicelib.validation import (
+    Frame,
     FrameError,
     Heartbeat,
     ListCursor,
@@ -45,7 +54,15 @@ from chalicelib.wire import (
     plan_read,
 )
 
+if TYPE_CHECKING:
+    # PyJWT and cryptography cost a REST cold start ~80 ms and only $connect uses them.
+    from chalicelib.auth import TokenVerifier
+
 log = logging.getLogger(__name__)
+
+# The codes an ``error`` frame may carry (CONTRACT.md section 2); anything else is reported as InternalError.
+FRAME_ERROR_CODES = frozenset({"BadRequest", "NotFound", "PayloadTooLarge", "TooManyRequests", "InternalError"})
+DEGRADED = "Stored, but live delivery is degraded: other connections get it when they reload"
 
 
 class UnknownConnection(BadRequest):
@@ -79,7 +96,8 @@ class ChatService:
     # --- REST ------------------------------------------------------------------------
 
     def create_conversation(self, caller: str, raw_body: str | bytes | None) -> JSONObject:
-        spec = parse_new_conversation(parse_json_object(raw_body), caller, self._settings)
+        body = parse_json_object(raw_body, self._settings.max_request_bytes)
+        spec = parse_new_conversation(body, caller, self._settings)
         conversation_id, _created = self._repo.create_conversation(caller, spec)
         return {"conversationId": conversation_id}
 
@@ -122,14 +140,27 @@ class ChatService:
     # --- WebSocket -------------------------------------------------------------------
 
     def connect(self, connection_id: str, token: str | None) -> str:
-        """Register a connection for the token's user; raises ``Unauthorized``."""
+        """Record a connection for the token's user; raises ``Unauthorized``.
+
+        The database row is written first: with Redis down the connection is still
+        accepted, and its frames are served in degraded mode.
+        """
         claims = self._verifier().verify(token)
         user: str = claims["cognito:username"]
-        self._registry().register(connection_id, user)
+        self._repo.save_connection(connection_id, user)
+        try:
+            self._registry().register(connection_id, user)
+        except RegistryUnavailable as error:
+            log.warning("registry unavailable at $connect (%s); connection kept in the database only", error)
         return user
 
     def disconnect(self, connection_id: str) -> None:
-        self._registry().unregister(connection_id)
+        """Forget a connection in both places ($disconnect, or a 410 from a push)."""
+        try:
+            self._registry().unregister(connection_id)
+        except RegistryUnavailable as error:  # its registry entries expire on their own
+            log.warning("registry unavailable at $disconnect (%s)", error)
+        self._repo.delete_connection(connection_id)
 
     def handle_frame(self, connection_id: str, body: str | None, endpoint: str) -> PushReport:
         """Route one client frame; every problem becomes an ``error`` frame to its sender."""
@@ -137,8 +168,8 @@ class ChatService:
         try:
             return pusher.push_all(self._pushes_for_frame(connection_id, body))
         except UnknownConnection as error:
-            # The registry lost it (expired or flushed): we no longer know whose it is. Say so
-            # and close it, so the client reconnects with its token and registers again.
+            # Neither the registry nor the database knows it: we no longer know whose it is. Say
+            # so and close it, so the client reconnects with its token and registers again.
             report = pusher.push_all(
                 [Push(connection_id, error_frame(error.code, error.message, *frame_context(body)))]
             )
@@ -148,29 +179,69 @@ class ChatService:
             action, temp = (
                 (error.action, error.temp_message_id) if isinstance(error, FrameError) else frame_context(body)
             )
-            frame = error_frame(error.code, error.message, action, temp)
+            code = error.code if error.code in FRAME_ERROR_CODES else "InternalError"
+            frame = error_frame(code, error.message, action, temp)
         except Exception:
             log.exception("frame handling failed")
             action, temp = frame_context(body)
             frame = error_frame("InternalError", "Something went wrong; try again", action, temp)
         return pusher.push_all([Push(connection_id, frame)])
 
-    def _pushes_for_frame(self, connection_id: str, body: str | None) -> list[Push]:
-        user = self._registry().touch(connection_id)
+    def _identify(self, connection_id: str, *, send: bool) -> tuple[str, bool]:
+        """(user, degraded): the connection's user, its expiry refreshed and, for a send, its rate charged."""
+        try:
+            user = self._registry().touch(connection_id, send=send)
+            if user is not None:
+                return user, False
+        except RegistryUnavailable as error:
+            log.warning("registry unavailable (%s); sender looked up in the database", error)
+            user = self._repo.connection_user(connection_id)
+            if user is None:
+                raise UnknownConnection("This connection is no longer registered; reconnect") from None
+            return user, True  # no rate limit without Redis: fail open, the store still protects itself
+        user = self._repo.connection_user(connection_id)
         if user is None:
             raise UnknownConnection("This connection is no longer registered; reconnect")
-        frame = parse_frame(body, self._settings)
+        self._registry().register(connection_id, user)
+        if send:
+            self._registry().touch(connection_id, send=True)
+        return user, False
+
+    def _pushes_for_frame(self, connection_id: str, body: str | None) -> list[Push]:
+        frame: Frame | None = None
+        bad_frame: FrameError | None = None
+        try:
+            frame = parse_frame(body, self._settings)
+        except FrameError as error:
+            bad_frame = error
+        # Identify first: a frame from an unknown connection is told to reconnect whatever it holds.
+        user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage))
+        if bad_frame is not None:
+            raise bad_frame
         if isinstance(frame, Heartbeat):
             return []
         if isinstance(frame, SendMessage):
             sent = self._repo.send_message(user, frame.conversation_id, frame.temp_message_id, frame.content)
             if not sent.is_new:
                 return plan_echo(sent.message, connection_id)
-            connections = self._registry().connections_for(sent.participants)
+            connections = None if degraded else self._connections_or_none(sent.participants)
+            if connections is None:
+                degraded_notice = error_frame("InternalError", DEGRADED, "send-message", frame.temp_message_id)
+                return [*plan_echo(sent.message, connection_id), Push(connection_id, degraded_notice)]
             return plan_new_message(sent.message, sent.participants, connections)
         assert isinstance(frame, ReadMessages)
         read = self._repo.mark_read(user, frame.conversation_id)
         if read.receipt is None:
             return plan_read(frame.conversation_id, user, [], {}, connection_id, None)
-        connections = self._registry().connections_for(read.participants)
+        connections = None if degraded else self._connections_or_none(read.participants)
+        if connections is None:
+            own = plan_read(frame.conversation_id, user, [], {}, connection_id, read.receipt)
+            return [*own, Push(connection_id, error_frame("InternalError", DEGRADED, "read-messages"))]
         return plan_read(frame.conversation_id, user, read.participants, connections, connection_id, read.receipt)
+
+    def _connections_or_none(self, users: list[str]) -> dict[str, list[str]] | None:
+        try:
+            return self._registry().connections_for(users)
+        except RegistryUnavailable as error:
+            log.warning("registry unavailable for fan-out (%s); only the sender is answered", error)
+            return None

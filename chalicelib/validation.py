@@ -37,6 +37,14 @@ def parse_uuid(value: Any, field: str) -> str:
         raise BadRequest(f"{field} must be a UUID") from None
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _storable(value: str, field: str) -> str:
     if "\x00" in value:
         raise BadRequest(f"{field} must not contain NUL characters")
@@ -57,10 +65,12 @@ def parse_user_id(value: Any, field: str) -> str:
     return _storable(value, field)
 
 
-def parse_json_object(raw: str | bytes | None) -> dict[str, Any]:
-    """The request body as a JSON object."""
+def parse_json_object(raw: str | bytes | None, max_bytes: int | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; a body over ``max_bytes`` is refused before it is parsed."""
     if raw is None or raw in ("", b""):
         raise BadRequest("Request body must be a JSON object")
+    if max_bytes is not None and _size(raw) > max_bytes:
+        raise PayloadTooLarge(f"Request body must be at most {max_bytes} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -68,6 +78,10 @@ def parse_json_object(raw: str | bytes | None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object")
     return body
+
+
+def _size(raw: str | bytes) -> int:
+    return len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
 
 
 # --- POST /conversation ----------------------------------------------------------------
@@ -232,25 +246,33 @@ class FrameError(ChatError):
         self.temp_message_id = temp_message_id
 
 
+# Past API Gateway's 128 KB frame limit nothing is worth parsing, even to label an error.
+_CONTEXT_LIMIT = 256 * 1024
+
+
 def frame_context(body: str | None) -> tuple[str | None, str | None]:
     """Best-effort (action, tempMessageId) of a frame, for labelling an error reply."""
+    if body is not None and len(body) > _CONTEXT_LIMIT:
+        return None, None
     try:
         frame = json.loads(body or "")
     except ValueError:
         return None, None
     if not isinstance(frame, dict):
         return None, None
-    action = frame.get("action") if isinstance(frame.get("action"), str) else None
+    # Echoed back in an error frame, so only what can be sent as UTF-8 (no lone surrogates from \ud800 escapes).
+    action = frame.get("action")
+    label = action[:64] if isinstance(action, str) and action and _encodable(action[:64]) else None
     temp = frame.get("tempMessageId")
-    temp_ok = isinstance(temp, str) and 0 < len(temp) <= MAX_TEMP_ID_CHARS
-    return (action[:64] if action else None), (temp if temp_ok else None)
+    temp_ok = isinstance(temp, str) and 0 < len(temp) <= MAX_TEMP_ID_CHARS and _encodable(temp)
+    return label, (temp if temp_ok else None)
 
 
 def parse_frame(body: str | None, settings: Settings) -> Frame:
     """A client frame; raises ``FrameError`` naming the action when it can."""
     action, temp = frame_context(body)
     try:
-        frame = parse_json_object(body)
+        frame = parse_json_object(body, settings.max_request_bytes)
         return _parse_action(frame, settings)
     except ChatError as error:
         raise FrameError(error, action, temp) from None

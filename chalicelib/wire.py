@@ -32,6 +32,8 @@ class StoredMessage:
     temp_message_id: str
     content: str
     sent_at: datetime
+    # The message's place in its conversation (1, 2, 3, ...): one total order for every reader.
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,16 @@ class Push:
 
 
 def message_body(row: Mapping[str, Any]) -> JSONObject:
-    return {
+    body: JSONObject = {
         "messageId": str(row["message_id"]),
         "conversationId": str(row["conversation_id"]),
         "senderId": row["sender_id"],
         "content": row["content"],
         "sentAt": iso(row["sent_at"]),
     }
+    if row.get("seq") is not None:
+        body["position"] = int(row["seq"])
+    return body
 
 
 def conversation_row_body(row: Mapping[str, Any]) -> JSONObject:
@@ -90,7 +95,8 @@ def conversation_body(row: Mapping[str, Any], participants: Sequence[str], calle
 
 
 def new_message_frame(message: StoredMessage) -> JSONObject:
-    return {
+    """Extension: ``position`` orders concurrent messages the same way for every connection."""
+    frame: JSONObject = {
         "type": "new-message",
         "messageId": message.message_id,
         "tempMessageId": message.temp_message_id,
@@ -99,6 +105,9 @@ def new_message_frame(message: StoredMessage) -> JSONObject:
         "content": message.content,
         "sentAt": iso(message.sent_at),
     }
+    if message.position is not None:
+        frame["position"] = message.position
+    return frame
 
 
 def read_messages_frame(

@@ -32,14 +32,28 @@ def get_database() -> Database:
 @functools.lru_cache(maxsize=1)
 def get_registry() -> RedisRegistry:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from chalicelib.registry import RedisRegistry
 
     settings = get_settings()
+    # One immediate retry heals a pooled connection that a Redis restart broke; more would only
+    # stretch the stall when Redis is really gone (then the service degrades instead).
     client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
     )
-    return RedisRegistry(client, ttl_seconds=settings.connection_ttl_s, prefix=settings.redis_key_prefix)
+    return RedisRegistry(
+        client,
+        ttl_seconds=settings.connection_ttl_s,
+        prefix=settings.redis_key_prefix,
+        send_rate=settings.send_rate_per_s,
+        send_burst=settings.send_burst,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,19 +66,21 @@ def get_verifier() -> TokenVerifier:
 @functools.lru_cache(maxsize=8)
 def get_pusher(endpoint_url: str) -> Pusher:
     """A pusher for one management endpoint (one per WebSocket API stage)."""
-    from chalicelib.push import Boto3ConnectionsClient, Pusher, shared_executor
+    from chalicelib.push import Pusher, SignedConnectionsClient, shared_executor
 
     settings = get_settings()
-    client = Boto3ConnectionsClient(
+    client = SignedConnectionsClient(
         endpoint_url,
         region=settings.aws_region,
         concurrency=settings.push_concurrency,
         timeout_s=settings.push_timeout_s,
+        max_attempts=settings.push_max_attempts,
     )
     return Pusher(
         client,
-        on_gone=lambda connection_id: get_registry().unregister(connection_id),
+        on_gone=lambda connection_id: get_service().disconnect(connection_id),
         executor=shared_executor(settings.push_concurrency),
+        deadline_s=settings.push_deadline_s,
     )
 
 

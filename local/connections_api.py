@@ -86,10 +86,15 @@ class ConnectionSink(Protocol):
         ...
 
 
-class _Handler(BaseHTTPRequestHandler):
+class ConnectionsRequestHandler(BaseHTTPRequestHandler):
+    """Answers ``@connections`` calls from the server's sink.
+
+    The local server subclasses it to serve REST and ``@connections`` on one port.
+    """
+
     # Keep-alive is what boto3 expects; without HTTP/1.1 every push would pay a new TCP connection.
     protocol_version = "HTTP/1.1"
-    server: _HTTPServer
+    server: ConnectionsHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a push per request would drown the dev server's own log."""
@@ -196,16 +201,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class ConnectionsHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that holds the sink and can drop its keep-alive connections on stop."""
+
     # The default backlog of 5 makes a burst of concurrent boto3 connections wait for SYN retries (~1 s each).
     request_queue_size = 256
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], sink: ConnectionSink) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        sink: ConnectionSink,
+        handler: type[ConnectionsRequestHandler] = ConnectionsRequestHandler,
+    ) -> None:
         self.sink = sink
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def track(self, conn: socket.socket, is_open: bool) -> None:
         with self._open_lock:
@@ -233,7 +245,7 @@ class ConnectionsServer:
         self.sink = sink
         self._host = host
         self._port = port
-        self._httpd: _HTTPServer | None = None
+        self._httpd: ConnectionsHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -249,7 +261,7 @@ class ConnectionsServer:
     def start(self) -> Self:
         if self._httpd is not None:
             return self
-        self._httpd = _HTTPServer((self._host, self._port), self.sink)
+        self._httpd = ConnectionsHTTPServer((self._host, self._port), self.sink)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.1},

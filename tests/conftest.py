@@ -102,12 +102,15 @@ def app_environment(
         "CONNECTIONS_ENDPOINT_URL": connections_server.url,
         "CORS_ALLOWED_ORIGINS": "https://chat.example.com,http://localhost:4200",
         "AWS_REGION": "us-east-1",
+        # Fixtures send bursts of messages from one connection; test_limits checks the default bucket.
+        "SEND_BURST": "100000",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     wiring.reset()
+    get_settings()  # pinned before any test Client call can overlay .chalice/config.json
     yield
     for name, value in saved.items():
         if value is None:
@@ -125,10 +128,13 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         for name, value in values.items():
             monkeypatch.setenv(name, value)
         wiring.reset()
+        # Read now: chalice's test Client overlays .chalice/config.json's stage variables during its calls.
+        get_settings()
 
     yield set_env
     monkeypatch.undo()
     wiring.reset()
+    get_settings()
 
 
 def new_user(label: str = "user") -> str:

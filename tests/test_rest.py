@@ -224,7 +224,7 @@ def test_message_pages_by_offset(rest: Rest, history: tuple[str, str, list[dict[
     path = f"/conversations/{conversation_id}/messages"
     status, page = rest.json("GET", path, alice)
     assert status == 200 and ids(page) == ids(newest_first[:20])
-    assert set(page[0]) == {"messageId", "conversationId", "senderId", "content", "sentAt"}
+    assert set(page[0]) == {"messageId", "conversationId", "senderId", "content", "sentAt", "position"}
     assert page[0]["content"] == "m24" and ISO.match(page[0]["sentAt"])
     assert ids(rest.json("GET", f"{path}?offset=20", alice)[1]) == ids(newest_first[20:])
     assert ids(rest.json("GET", f"{path}?offset=5&limit=3&order=asc", alice)[1]) == ids(
@@ -281,26 +281,7 @@ def test_cursor_from_another_conversation_is_rejected(
 # --- auth, authorization, shape of errors ------------------------------------------------
 
 
-CONVERSATION_ROUTES = ["/conversations/{id}", "/conversations/{id}/messages", "/conversations/{id}/participants"]
-
-
-@pytest.mark.parametrize("route", CONVERSATION_ROUTES)
-@pytest.mark.parametrize("who", ["member", "outsider", "unknown id", "malformed id"])
-def test_authorization_matrix(rest: Rest, route: str, who: str) -> None:
-    alice, bob, mallory = new_user("alice"), new_user("bob"), new_user("mallory")
-    conversation_id = rest.direct(alice, bob)
-    caller, target = {
-        "member": (alice, conversation_id),
-        "outsider": (mallory, conversation_id),
-        "unknown id": (alice, str(uuid.uuid4())),
-        "malformed id": (alice, "not-a-uuid"),
-    }[who]
-    status, body = rest.json("GET", route.format(id=target), caller)
-    expected = {"member": 200, "outsider": 404, "unknown id": 404, "malformed id": 400}[who]
-    assert status == expected
-    if who in ("outsider", "unknown id"):
-        # Outsiders learn nothing: the very same answer as a conversation that does not exist.
-        assert body == {"Code": "NotFound", "Message": "Conversation not found"}
+# The object-level authorization matrix (REST and WebSocket): tests/test_security.py.
 
 
 @pytest.mark.parametrize(

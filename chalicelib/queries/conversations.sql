@@ -57,17 +57,16 @@ SELECT c.conversation_id, c.title, c.is_group, c.created_at, c.last_seq,
        p.last_read_seq, p.last_activity_at,
        m.message_id AS latest_message_id, m.sender_id AS latest_sender_id,
        m.content AS latest_content, m.sent_at AS latest_sent_at,
-       other.user_id AS participant_id
+       -- A direct conversation names its other member itself; only a group looks one up.
+       CASE WHEN NOT c.is_group
+            THEN CASE WHEN c.direct_user_low = p.user_id THEN c.direct_user_high ELSE c.direct_user_low END
+            ELSE (SELECT o.user_id FROM participant_table o
+                  WHERE o.conversation_id = p.conversation_id AND o.user_id <> p.user_id
+                  ORDER BY o.user_id LIMIT 1)
+       END AS participant_id
 FROM participant_table p
 JOIN conversation_table c ON c.conversation_id = p.conversation_id
 LEFT JOIN message_table m ON m.conversation_id = c.conversation_id AND m.seq = c.last_seq
-LEFT JOIN LATERAL (
-    SELECT o.user_id
-    FROM participant_table o
-    WHERE o.conversation_id = p.conversation_id AND o.user_id <> p.user_id
-    ORDER BY o.user_id
-    LIMIT 1
-) other ON true
 WHERE p.user_id = :user_id
   AND (p.last_activity_at, p.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
   AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)

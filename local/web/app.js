@@ -19,7 +19,8 @@
  *   message                  data-message-id (once confirmed), data-temp-id (own messages sent here),
  *                            data-state = sending | sent | failed, data-sender; inside:
  *                            message-sender (groups), message-content, message-time,
- *                            retry-button (failed only), read-receipt ("Read" / "Read by bob")
+ *                            retry-button (failed only), read-receipt ("Read" / "Read by bob", on the newest
+ *                            own message each reader has read)
  *   composer-input, send-button
  *   error-toast              transient notices (WebSocket error frames, failed requests)
  */
@@ -99,7 +100,8 @@ const socket = new ChatSocket({
   onFrame: handleFrame,
   onState: renderConnection,
   onOpen() {
-    // Whatever happened while we were away: list and open conversation catch up.
+    // Whatever happened while we were away: in-flight sends settle, list and open conversation catch up.
+    resendInFlight();
     refreshConversations();
     catchUp();
   },
@@ -343,13 +345,18 @@ function addMessages(messages) {
   for (const message of messages) {
     if (!message || !message.messageId || state.known.has(message.messageId)) continue;
     state.known.add(message.messageId);
-    // Insert by sentAt (ISO strings sort as text); equal times keep arrival order.
     let index = state.messages.length;
-    while (index > 0 && String(state.messages[index - 1].sentAt) > String(message.sentAt)) index -= 1;
+    while (index > 0 && sortsAfter(state.messages[index - 1], message)) index -= 1;
     state.messages.splice(index, 0, message);
     added += 1;
   }
   return added;
+}
+
+/** The server's per-conversation `position` when both have one (one order for every reader), else sentAt. */
+function sortsAfter(a, b) {
+  if (typeof a.position === "number" && typeof b.position === "number") return a.position > b.position;
+  return String(a.sentAt) > String(b.sentAt); // ISO strings sort as text; equal times keep arrival order
 }
 
 async function loadOlder() {
@@ -431,6 +438,7 @@ function sendMessage(event) {
     state: "sending",
     error: "",
     timer: null,
+    inFlight: false, // handed to a socket: the server may have stored it even if no echo came back
   };
   state.pending.set(message.tempMessageId, message);
   ui.composerInput.value = "";
@@ -449,6 +457,7 @@ function transmit(message) {
     content: message.content,
   });
   message.state = sent ? "sending" : "failed";
+  message.inFlight ||= sent; // once handed over, it may be stored, whatever later attempts do
   message.error = sent ? "" : "Not connected";
   if (sent) {
     message.timer = setTimeout(() => {
@@ -469,6 +478,19 @@ function failSendingMessages() {
   for (const message of state.pending.values()) {
     if (message.state === "sending") markFailed(message, "Connection lost");
   }
+}
+
+/**
+ * A message handed to a socket that then dropped (or never answered) may already be stored, and a catch-up
+ * would show that copy beside the failed one. Resending it under the same tempMessageId is safe: the server
+ * stores nothing new and echoes the original, which settles it. Messages that never left stay failed for the
+ * user to retry.
+ */
+function resendInFlight() {
+  for (const message of state.pending.values()) {
+    if (message.inFlight && message.state === "failed") transmit(message);
+  }
+  if (state.openId) renderMessages();
 }
 
 function retry(tempMessageId) {
@@ -509,7 +531,7 @@ function handleFrame(frame) {
 }
 
 function onNewMessage(frame) {
-  const { messageId, tempMessageId, conversationId, senderId, content, sentAt } = frame;
+  const { messageId, tempMessageId, conversationId, senderId, content, sentAt, position } = frame;
   if (!messageId || !conversationId) return;
   const mine = senderId === session.username;
 
@@ -537,7 +559,7 @@ function onNewMessage(frame) {
   }
 
   if (conversationId === state.openId) {
-    const message = { messageId, conversationId, senderId, content, sentAt };
+    const message = { messageId, conversationId, senderId, content, sentAt, position };
     if (tempMessageId) message.tempMessageId = tempMessageId;
     addMessages([message]);
     renderMessages({ toBottom: mine });
@@ -567,7 +589,10 @@ function onReadMessages(frame) {
 function onErrorFrame(frame) {
   const text = frame.message || frame.code || "The server reported an error.";
   const pending = frame.tempMessageId ? state.pending.get(frame.tempMessageId) : undefined;
-  if (pending) markFailed(pending, text);
+  if (pending) {
+    pending.inFlight = false; // refused by the server: only the user retries it
+    markFailed(pending, text);
+  }
   notify(text);
 }
 
@@ -582,7 +607,7 @@ function renderMessages({ toBottom = false } = {}) {
   const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
   const pending = [...state.pending.values()].filter((m) => m.conversationId === state.openId);
   const items = [...state.messages, ...pending];
-  const readers = readPositions();
+  const receipts = receiptPlaces(items, readPositions());
   const row = state.conversations.get(state.openId);
   const isGroup = Boolean(row && row.isGroup);
 
@@ -596,7 +621,7 @@ function renderMessages({ toBottom = false } = {}) {
       node = document.createElement("li");
       messageNodes.set(key, node);
     }
-    const readBy = message.state ? [] : readersOf(message, index, readers);
+    const readBy = receipts.get(index) ?? [];
     fillMessage(node, message, readBy, isGroup);
     if (node === cursor) cursor = cursor.nextSibling;
     else ui.messageList.insertBefore(node, cursor);
@@ -629,11 +654,19 @@ function readPositions() {
   }));
 }
 
-function readersOf(message, index, readers) {
-  if (message.senderId !== session.username) return [];
-  return readers
-    .filter((r) => (r.index >= 0 ? index <= r.index : String(message.sentAt) <= String(r.readAt)))
-    .map((r) => r.userId);
+/** Each reader's receipt goes on the newest own message they have read: index -> [userId]. */
+function receiptPlaces(items, readers) {
+  const places = new Map();
+  for (const reader of readers) {
+    let place = -1;
+    items.forEach((message, index) => {
+      if (message.state || message.senderId !== session.username) return; // pending, or not mine
+      const read = reader.index >= 0 ? index <= reader.index : String(message.sentAt) <= String(reader.readAt);
+      if (read) place = index;
+    });
+    if (place >= 0) places.set(place, [...(places.get(place) ?? []), reader.userId]);
+  }
+  return places;
 }
 
 function fillMessage(node, message, readBy, isGroup) {

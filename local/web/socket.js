@@ -23,6 +23,7 @@ export class ChatSocket {
     this.ws = null;
     this.state = "stopped";
     this.failures = 0;
+    this.lastOpened = false; // the previous attempt opened (then dropped): its token was fine
     this.generation = 0; // bumps on every dial and on stop(), to drop stale work
     this.retryTimer = null;
     this.heartbeatTimer = null;
@@ -72,9 +73,11 @@ export class ChatSocket {
   async connect() {
     const generation = ++this.generation;
     this.setState("connecting");
+    const afterFailure = this.failures > 0 && !this.lastOpened;
+    this.lastOpened = false;
     let url;
     try {
-      url = await this.getUrl(this.failures > 0);
+      url = await this.getUrl(afterFailure);
     } catch {
       if (generation === this.generation) this.scheduleRetry();
       return;
@@ -87,6 +90,7 @@ export class ChatSocket {
     ws.onopen = () => {
       if (this.ws !== ws) return;
       opened = true;
+      this.lastOpened = true;
       this.failures = 0;
       this.setState("open");
       this.startHeartbeat();

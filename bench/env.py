@@ -1,0 +1,102 @@
+"""Where the benchmark runs: its own database on the configured (or embedded) server, and the app's environment.
+
+The dataset lives in a dedicated database (``chatapi_bench``) created on the server ``DATABASE_URL`` names, or on
+an embedded PostgreSQL under ``.data/bench`` when it is unset, so it survives between runs and never mixes with
+the test suite's databases. Redis keys get a per-run prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pg8000.native
+
+from chalicelib import wiring
+from chalicelib.config import settings_from_env
+from chalicelib.db import Database, connection_parameters
+from chalicelib.migrations import apply_migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATABASE = "chatapi_bench"
+ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_BENCH"
+CLIENT_ID = "bench-app-client"
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
+
+
+def connect(url: str) -> pg8000.native.Connection:
+    """A raw pg8000 connection (COPY, DDL) with the app's own URL parsing."""
+    settings = settings_from_env({"DATABASE_URL": url})
+    params = connection_parameters(settings.database, "us-east-1")
+    params["timeout"] = None  # the app's 5 s socket timeout is for requests, not for bulk loads
+    return pg8000.native.Connection(**params)
+
+
+def database_for(url: str, timeout_s: float = 5.0) -> Database:
+    """The app's ``Database`` (what the handlers use) on ``url``; its socket timeout is ``timeout_s``."""
+    return Database(settings_from_env({"DATABASE_URL": url, "DB_CONNECT_TIMEOUT": str(timeout_s)}))
+
+
+def ensure_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server unless it exists; its URL."""
+    admin = connect(server_url)
+    try:
+        if not admin.run("SELECT 1 FROM pg_database WHERE datname = :name", name=name):
+            admin.run(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+    return with_database(server_url, name)
+
+
+def ensure_bench_database(server_url: str) -> str:
+    """Create ``chatapi_bench`` on the server if missing, apply the migrations, return its URL."""
+    url = ensure_database(server_url, BENCH_DATABASE)
+    database = database_for(url)
+    try:
+        apply_migrations(database, ROOT / "sql")
+    finally:
+        database.close()
+    return url
+
+
+@contextmanager
+def app_environment(database_url: str, redis_url: str, jwks: Mapping[str, object], endpoint_url: str) -> Iterator[str]:
+    """Configure the app as a deployed stage is configured (its environment), as tests/conftest.py does.
+
+    Yields the Redis key prefix of this run.
+    """
+    prefix = f"chat-bench-{uuid.uuid4().hex[:8]}:"
+    values = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix,
+        "COGNITO_USER_POOL_ID": "us-east-1_BENCH",
+        "COGNITO_APP_CLIENT_ID": CLIENT_ID,
+        "JWKS_JSON": json.dumps(jwks),
+        "CONNECTIONS_ENDPOINT_URL": endpoint_url,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "MAX_PARTICIPANTS": "100",
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    wiring.reset()
+    try:
+        yield prefix
+    finally:
+        wiring.reset()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,191 @@
+"""``bench/results.json`` (exactly the issue's keys), the printed table with ratios to the baseline, the chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.seed import DatasetInfo
+from bench.timing import Stats
+
+SKIPPED = "skipped: local server unavailable"
+
+
+def _r(value: float) -> float:
+    return round(value, 3)
+
+
+def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dict[str, Any]:
+    """The results document; sections whose phase did not run hold ``None``."""
+
+    def p50(name: str) -> float | None:
+        found: Stats | None = stats.get(name)
+        return _r(found.p50_ms) if found else None
+
+    def p99(name: str) -> float | None:
+        found: Stats | None = stats.get(name)
+        return _r(found.p99_ms) if found else None
+
+    imports = stats.get("import") or {}
+    e2e = stats.get("e2e")
+    return {
+        "dataset": {"users": info.users, "conversations": info.conversations, "messages": info.messages},
+        "list_conversations": {
+            "p50_ms": p50("list heavy"),
+            "p99_ms": p99("list heavy"),
+            "typical_p50_ms": p50("list typical"),
+            "baseline_p50_ms": p50("baseline list heavy"),
+        },
+        "messages_page": {
+            "newest_p50_ms": p50("page newest"),
+            "deep_cursor_p50_ms": p50("page deep cursor"),
+            "deep_offset_p50_ms": p50("page deep offset"),
+            "baseline_deep_offset_p50_ms": p50("baseline page deep offset"),
+        },
+        "send_message": {"p50_ms": p50("send"), "p99_ms": p99("send"), "baseline_p50_ms": p50("baseline send")},
+        "fanout_1000": {
+            "ms": p50("fanout"),
+            "per_push_latency_ms": per_push_ms if "fanout" in stats else None,
+        },
+        "read_messages": {
+            "p50_ms_1_unread": p50("read 1"),
+            "p50_ms_10k_unread": p50("read 10000"),
+            "baseline_p50_ms_10k_unread": p50("baseline read 10000"),
+        },
+        "cold_import": {
+            "rest_ms": _r(imports["rest_ms"]) if imports else None,
+            "websocket_ms": _r(imports["websocket_ms"]) if imports else None,
+            "boto3_ms": _r(imports["boto3_ms"]) if imports else None,
+        },
+        "e2e_local": e2e if e2e is not None else None,
+    }
+
+
+_SECTION_PHASE = {
+    "list_conversations": "rest",
+    "messages_page": "rest",
+    "send_message": "ws",
+    "read_messages": "ws",
+    "fanout_1000": "fanout",
+    "cold_import": "import",
+    "e2e_local": "e2e",
+}
+
+
+def merge(previous: dict[str, Any] | None, current: dict[str, Any], phases: set[str]) -> dict[str, Any]:
+    """Keep the previous run's figures for phases this run skipped (``--only``)."""
+    if not previous:
+        return current
+    merged = dict(current)
+    for section, phase in _SECTION_PHASE.items():
+        if phase not in phases and section in previous:
+            merged[section] = previous[section]
+    return merged
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(operation, ours, baseline, target) for the table and the chart."""
+    lc, mp, sm = results["list_conversations"], results["messages_page"], results["send_message"]
+    fo, rm, ci = results["fanout_1000"], results["read_messages"], results["cold_import"]
+    return [
+        ("list conversations, heavy user (500), p50", lc["p50_ms"], lc["baseline_p50_ms"], "≤ 10 ms, ≥ 5x baseline"),
+        ("list conversations, heavy user, p99", lc["p99_ms"], None, ""),
+        ("list conversations, typical user, p50", lc["typical_p50_ms"], None, ""),
+        ("page of 50, newest, p50", mp["newest_p50_ms"], None, "≤ 3 ms"),
+        ("page of 50, 150k deep by before= cursor, p50", mp["deep_cursor_p50_ms"], None, "≤ 1.5x newest"),
+        ("page of 50, 150k deep by offset, p50", mp["deep_offset_p50_ms"], mp["baseline_deep_offset_p50_ms"], "≤ 3 ms"),
+        ("send-message, direct, p50", sm["p50_ms"], sm["baseline_p50_ms"], "≤ 5 ms"),
+        ("send-message, direct, p99", sm["p99_ms"], None, ""),
+        ("fan-out to 1,000 connections at 20 ms each", fo["ms"], None, "≤ 600 ms"),
+        ("read-messages, 1 unread, p50", rm["p50_ms_1_unread"], None, ""),
+        (
+            "read-messages, 10,000 unread, p50",
+            rm["p50_ms_10k_unread"],
+            rm["baseline_p50_ms_10k_unread"],
+            "≤ 1.5x 1 unread",
+        ),
+        ("cold import, REST Lambda", ci["rest_ms"], None, "≤ 150 ms"),
+        ("cold import, WebSocket Lambda", ci["websocket_ms"], None, ""),
+        ("cold import, boto3 alone (scale)", ci["boto3_ms"], None, ""),
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    ds = results["dataset"]
+    lines = [
+        f"dataset: {ds['users']:,} users, {ds['conversations']:,} conversations, {ds['messages']:,} messages",
+        "",
+        f"{'operation (ms)':<48} {'ours':>9} {'baseline':>10} {'ratio':>8}  target",
+        "-" * 100,
+    ]
+    for name, ours, base, target in rows(results):
+        ratio = f"{base / ours:,.1f}x" if ours and base else ""
+        lines.append(f"{name:<48} {_fmt(ours):>9} {_fmt(base):>10} {ratio:>8}  {target}")
+    e2e = results.get("e2e_local")
+    lines.append("")
+    if isinstance(e2e, dict) and "delivered" in e2e:
+        lines.append(
+            f"end to end (make dev): {e2e['clients']} clients, {e2e['messages']:,} messages, "
+            f"{e2e['delivered']:,}/{e2e['expected']:,} deliveries, {e2e['duplicates']} duplicates, "
+            f"{_fmt(e2e['msgs_per_s'])} msg/s, delivery p50 {_fmt(e2e['p50_ms'])} ms, p99 {_fmt(e2e['p99_ms'])} ms"
+        )
+    else:
+        lines.append(f"end to end (make dev): {e2e if isinstance(e2e, str) else SKIPPED}")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    """A horizontal bar chart of latency per operation, ours beside the baseline (log scale); False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    picked = [(name, ours, base) for name, ours, base, _ in rows(results) if ours and "cold import" not in name]
+    picked = [row for row in picked if "p99" not in row[0]]
+    names = [name.replace(", p50", "") for name, _, _ in picked]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(picked) + 1.5))
+    positions = list(range(len(picked)))
+    height = 0.38
+    ax.barh([p - height / 2 for p in positions], [o for _, o, _ in picked], height, label="ours", color="#2b7bba")
+    ax.barh(
+        [p + height / 2 for p in positions],
+        [b or 0 for _, _, b in picked],
+        height,
+        label="naive baseline",
+        color="#d95f02",
+    )
+    for p, (_, ours, base) in zip(positions, picked, strict=True):
+        ax.text(ours * 1.08, p - height / 2, f"{ours:,.2f}" if ours < 100 else f"{ours:,.0f}", va="center", fontsize=8)
+        if base:
+            ax.text(base * 1.08, p + height / 2, f"{base:,.1f}", va="center", fontsize=8)
+    ax.set_yticks(positions)
+    ax.set_yticklabels(names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds (median, log scale)")
+    ds = results["dataset"]
+    ax.set_title(
+        f"chat-api hot paths: ours vs the naive design\n"
+        f"{ds['users']:,} users, {ds['conversations']:,} conversations, {ds['messages']:,} messages",
+        fontsize=10,
+    )
+    largest = max(max(o, b or 0) for _, o, b in picked)
+    ax.set_xlim(right=largest * 4)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
+    ax.grid(axis="x", which="both", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,161 @@
+"""Load the dataset with COPY, check the schema's invariants, and record it so the next run reuses it.
+
+``bench_dataset`` holds one row: the dataset's parameters and the ids the measurements need. When it matches
+``Params`` the data is reused as is; otherwise the tables are emptied and loaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pg8000.native
+
+from bench.dataset import DEEP_PAIR, HEAVY_USER, Params, generate
+
+_MARKER = """
+CREATE TABLE IF NOT EXISTS bench_dataset (
+    name      text PRIMARY KEY,
+    params    jsonb NOT NULL,
+    info      jsonb NOT NULL,
+    seeded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+# Each query returns the number of rows that break one invariant; all must be 0.
+INVARIANTS = {
+    "positions are dense 1..last_seq": """
+        SELECT count(*) FROM conversation_table c
+        LEFT JOIN (SELECT conversation_id, count(*) AS n, min(seq) AS lo, max(seq) AS hi
+                   FROM message_table GROUP BY conversation_id) m USING (conversation_id)
+        WHERE coalesce(m.n, 0) <> c.last_seq OR (c.last_seq > 0 AND (m.lo <> 1 OR m.hi <> c.last_seq))""",
+    "last_activity_at is the latest message's sent_at (or created_at)": """
+        SELECT count(*) FROM conversation_table c
+        LEFT JOIN message_table m ON m.conversation_id = c.conversation_id AND m.seq = c.last_seq
+        WHERE c.last_activity_at <> coalesce(m.sent_at, c.created_at)""",
+    "sent_at grows with seq": """
+        SELECT count(*) FROM message_table a
+        JOIN message_table b ON b.conversation_id = a.conversation_id AND b.seq = a.seq + 1
+        WHERE b.sent_at < a.sent_at""",
+    "participant.last_activity_at copies the conversation's": """
+        SELECT count(*) FROM participant_table p JOIN conversation_table c USING (conversation_id)
+        WHERE p.last_activity_at <> c.last_activity_at""",
+    "watermarks within 0..last_seq and at or above the reader's own latest message": """
+        SELECT count(*) FROM participant_table p JOIN conversation_table c USING (conversation_id)
+        LEFT JOIN (SELECT conversation_id, sender_id, max(seq) AS own FROM message_table
+                   GROUP BY conversation_id, sender_id) o
+               ON o.conversation_id = p.conversation_id AND o.sender_id = p.user_id
+        WHERE p.last_read_seq < coalesce(o.own, 0) OR p.last_read_seq > c.last_seq OR p.last_read_seq < 0""",
+    "direct pairs ordered, two members, unique": """
+        SELECT count(*) FROM conversation_table c
+        WHERE NOT c.is_group AND (c.direct_user_low >= c.direct_user_high
+            OR (SELECT array_agg(user_id ORDER BY user_id) FROM participant_table p
+                WHERE p.conversation_id = c.conversation_id) <> ARRAY[c.direct_user_low, c.direct_user_high])""",
+    "senders are participants": """
+        SELECT count(*) FROM message_table m
+        WHERE NOT EXISTS (SELECT 1 FROM participant_table p
+                          WHERE p.conversation_id = m.conversation_id AND p.user_id = m.sender_id)""",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the measurements need to know about the loaded data."""
+
+    users: int
+    conversations: int
+    messages: int
+    heavy_user: str
+    typical_user: str
+    deep_conversation_id: str
+    deep_reader: str
+    deep_writer: str
+    seeded: bool
+    seconds: float
+
+    @classmethod
+    def from_json(cls, info: dict[str, Any], *, seeded: bool, seconds: float) -> DatasetInfo:
+        return cls(**info, seeded=seeded, seconds=seconds)
+
+
+def _chunks(rows: Iterable[str], size: int = 5000) -> Iterator[str]:
+    batch: list[str] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield "".join(batch)
+            batch.clear()
+    if batch:
+        yield "".join(batch)
+
+
+def _current(conn: pg8000.native.Connection, params: Params) -> dict[str, Any] | None:
+    conn.run(_MARKER)
+    rows = conn.run("SELECT params, info FROM bench_dataset WHERE name = 'main'")
+    if rows and rows[0][0] == params.as_dict():
+        info: dict[str, Any] = rows[0][1]
+        return info
+    return None
+
+
+def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = print) -> DatasetInfo:
+    """Reuse the recorded dataset when its parameters match, else generate and COPY it."""
+    started = time.perf_counter()
+    info = _current(conn, params)
+    if info is not None:
+        return DatasetInfo.from_json(info, seeded=False, seconds=time.perf_counter() - started)
+
+    log("seeding: generating the dataset ...")
+    data = generate(params)
+    log(f"seeding: generated in {time.perf_counter() - started:.1f}s; loading with COPY ...")
+    conn.run("DROP SCHEMA IF EXISTS baseline CASCADE")
+    conn.run("DELETE FROM bench_dataset")
+    conn.run("TRUNCATE message_table, participant_table, conversation_table")
+    conn.run("SET synchronous_commit = off")
+    conn.run("SET maintenance_work_mem = '512MB'")
+    conn.run("BEGIN")
+    conn.run(
+        "COPY conversation_table (conversation_id, title, is_group, created_by, created_at, last_activity_at,"
+        " last_seq, direct_user_low, direct_user_high) FROM STDIN",
+        stream=_chunks(data.conversation_rows),
+    )
+    conn.run(
+        "COPY participant_table (conversation_id, user_id, joined_at, last_read_seq, last_read_at, last_activity_at)"
+        " FROM STDIN",
+        stream=_chunks(data.participant_rows),
+    )
+    conn.run(
+        "COPY message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content, sent_at)"
+        " FROM STDIN",
+        stream=iter(data.message_chunks),
+    )
+    conn.run("COMMIT")
+    log(f"seeding: loaded in {time.perf_counter() - started:.1f}s; VACUUM ANALYZE ...")
+    for table in ("conversation_table", "participant_table", "message_table"):
+        conn.run(f"VACUUM (ANALYZE) {table}")
+    broken = {name: conn.run(sql)[0][0] for name, sql in INVARIANTS.items()}
+    if any(broken.values()):
+        raise RuntimeError(f"seeded data breaks the schema's invariants: {broken}")
+    log(f"seeding: invariants hold ({len(INVARIANTS)} checks)")
+    users = conn.run("SELECT count(DISTINCT user_id) FROM participant_table")[0][0]
+    info = {
+        "users": users,
+        "conversations": len(data.conversation_rows),
+        "messages": data.message_count,
+        "heavy_user": HEAVY_USER,
+        "typical_user": data.typical_user,
+        "deep_conversation_id": data.deep_conversation_id,
+        "deep_reader": DEEP_PAIR[1],
+        "deep_writer": DEEP_PAIR[0],
+    }
+    conn.run(
+        "INSERT INTO bench_dataset (name, params, info) VALUES ('main', CAST(:params AS jsonb), CAST(:info AS jsonb))",
+        params=json.dumps(params.as_dict()),
+        info=json.dumps(info),
+    )
+    seconds = time.perf_counter() - started
+    log(f"seeding: done in {seconds:.1f}s")
+    return DatasetInfo.from_json(info, seeded=True, seconds=seconds)

@@ -1,0 +1,140 @@
+"""Every per-request query in chalicelib/queries uses the index it was written for (style rule 4).
+
+A private database gets the migrations and enough rows for the planner to prefer indexes on its own
+(no ``enable_seqscan`` tricks): a few thousand conversations, 100,000 messages, then ANALYZE. Each query is
+EXPLAINed with realistic parameters; its plan must name the expected indexes and never scan message_table,
+participant_table or connection_table sequentially. A query added without an entry here fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pg8000.native
+import pytest
+
+from chalicelib.config import settings_from_env
+from chalicelib.db import Database, connection_parameters
+from chalicelib.migrations import apply_migrations
+from chalicelib.sql import load_queries
+from local.services import EmbeddedServices
+from tests.conftest import ROOT, with_database
+
+CONVERSATIONS = 5_000
+MESSAGES_EACH = 20
+BIG_TABLES = ("message_table", "participant_table", "connection_table")
+
+# query name -> indexes its plan must use
+EXPECTED: dict[str, set[str]] = {
+    "create_group_conversation": set(),
+    "create_direct_conversation": {"conversation_direct_pair_key"},
+    "find_direct_conversation": {"conversation_direct_pair_key"},
+    "get_member_conversation": {"conversation_table_pkey", "participant_table_pkey"},
+    "list_participants": {"participant_table_pkey"},
+    "list_user_conversations": {"participant_user_activity_idx", "message_conversation_seq_key"},
+    "send_message": {"conversation_table_pkey", "participant_table_pkey"},
+    "find_sent_message": {"message_idempotency_key"},
+    "messages_in_seq_range": {"message_conversation_seq_key"},
+    "message_position": {"message_table_pkey"},
+    "mark_read": {"participant_table_pkey", "message_conversation_seq_key"},
+    "save_connection": {"connection_connected_at_idx", "connection_table_pkey"},
+    "connection_user": {"connection_table_pkey"},
+    "delete_connection": {"connection_table_pkey"},
+}
+
+SEED = f"""
+INSERT INTO conversation_table (conversation_id, title, is_group, created_by, last_seq, direct_user_low, direct_user_high)
+SELECT md5('c' || i)::uuid, '', false, 'u' || lpad(i::text, 5, '0'), {MESSAGES_EACH},
+       'u' || lpad(i::text, 5, '0'), 'u' || lpad((i + 1)::text, 5, '0')
+FROM generate_series(1, {CONVERSATIONS}) AS i;
+INSERT INTO participant_table (conversation_id, user_id, last_read_seq, last_activity_at)
+SELECT c.conversation_id, u.user_id, {MESSAGES_EACH} - 1, c.last_activity_at
+FROM conversation_table c, LATERAL (VALUES (c.direct_user_low), (c.direct_user_high)) AS u(user_id);
+INSERT INTO message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content)
+SELECT md5('m' || c.n || '-' || s)::uuid, c.conversation_id, s, c.direct_user_low, 't' || s, 'hello'
+FROM (SELECT conversation_id, direct_user_low, row_number() OVER () AS n FROM conversation_table) c,
+     generate_series(1, {MESSAGES_EACH}) AS s;
+CREATE TABLE IF NOT EXISTS connection_table (connection_id text PRIMARY KEY, user_id text NOT NULL,
+    connected_at timestamptz NOT NULL DEFAULT clock_timestamp());
+INSERT INTO connection_table (connection_id, user_id)
+SELECT 'conn-' || i || '=', 'u' || lpad(i::text, 5, '0') FROM generate_series(1, {CONVERSATIONS}) AS i;
+ANALYZE;
+"""  # noqa: S608 - built from the module constants above, nothing else
+
+
+@pytest.fixture(scope="module")
+def planner_db(services: EmbeddedServices) -> Iterator[Database]:
+    name = f"chatapi_plans_{uuid.uuid4().hex[:12]}"
+    admin_params = connection_parameters(settings_from_env({"DATABASE_URL": services.database_url}).database, "x")
+    admin = pg8000.native.Connection(**admin_params)
+    admin.run(f'CREATE DATABASE "{name}"')
+    url = with_database(services.database_url, name)
+    database = Database(settings_from_env({"DATABASE_URL": url}))
+    try:
+        apply_migrations(database, ROOT / "sql")
+        # The app's connection times requests out after 5 s; loading is not a request.
+        loader = pg8000.native.Connection(
+            **{**connection_parameters(settings_from_env({"DATABASE_URL": url}).database, "x"), "timeout": None}
+        )
+        loader.run(SEED)
+        loader.close()
+        yield database
+    finally:
+        database.close()
+        admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def parameters(sql: str, database: Database) -> dict[str, Any]:
+    conversation = database.run_sql("SELECT conversation_id, direct_user_low FROM conversation_table LIMIT 1")[0]
+    message = database.run_sql(
+        "SELECT message_id FROM message_table WHERE conversation_id = :c LIMIT 1", c=conversation["conversation_id"]
+    )[0]
+    user = conversation["direct_user_low"]
+    values: dict[str, Any] = {
+        "conversation_id": str(conversation["conversation_id"]),
+        "user_id": user,
+        "sender_id": user,
+        "created_by": user,
+        "user_low": user,
+        "user_high": user + "z",
+        "user_ids": [user, user + "z", user + "y"],
+        "message_id": str(message["message_id"]),
+        "temp_message_id": "t-1",
+        "content": "hello",
+        "title": "team",
+        "cursor_at": datetime.max.replace(tzinfo=UTC),
+        "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "unread_only": False,
+        "read_only": False,
+        "limit": 50,
+        "low": MESSAGES_EACH - 10,
+        "high": MESSAGES_EACH,
+        "connection_id": "conn-1=",
+        "max_age_s": 7200,
+    }
+    names = set(re.findall(r"(?<![:\w]):([a-z_][a-z0-9_]*)", sql))
+    unknown = names - values.keys()
+    assert not unknown, f"give the plan test a value for {sorted(unknown)}"
+    return {name: values[name] for name in names}
+
+
+QUERIES = load_queries()
+
+
+def test_every_query_has_an_expectation() -> None:
+    assert set(QUERIES) == set(EXPECTED), "add new queries (and their indexes) to EXPECTED"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_query_uses_its_index(name: str, planner_db: Database) -> None:
+    sql = QUERIES[name].sql
+    plan = "\n".join(row["QUERY PLAN"] for row in planner_db.run_sql("EXPLAIN " + sql, **parameters(sql, planner_db)))
+    for table in BIG_TABLES:
+        assert f"Seq Scan on {table}" not in plan, plan
+    for index in EXPECTED[name]:
+        assert index in plan, f"{name} does not use {index}:\n{plan}"
