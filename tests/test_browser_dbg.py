@@ -1,0 +1,485 @@
+"""The web client (``local/web``) in headless Chromium against the real local server: what a person does in it.
+
+Debian's ``chromium`` driven by the Python ``playwright`` package (``executable_path``: Playwright's own browser
+download is not used). Skipped, with the reason, when either is missing, except under ``CI`` (an error there):
+``.ci/run`` installs Chromium, so CI always runs them. Every wait is on a ``data-testid`` state (the hooks listed
+at the top of ``app.js``), never a sleep.
+
+``UPDATE_SCREENSHOTS=1`` also writes the layout test's screenshots to ``docs/`` (the README shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
+
+import pytest
+import redis
+
+from chalicelib.registry import RedisRegistry
+from tests.conftest import new_user
+from tests.local_server import ROOT, LocalServer, session_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip the module, except in CI (``CI`` set), which installs Chromium and must never pass without it."""
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must run the browser tests: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
+if not CHROMIUM:
+    _unavailable("no Chromium on this machine: `apt-get install -y chromium` (Debian's package) runs these tests")
+try:
+    import playwright.sync_api as sync_api
+except ImportError:
+    _unavailable("the Python `playwright` package is missing: `.venv/bin/pip install -r requirements-dev.txt`")
+expect = sync_api.expect
+expect.set_options(timeout=10_000)
+
+# As root in a container: no sandbox; and nothing that phones home or updates itself during a test.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+SOME_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+RECONNECTING = re.compile(r"^Reconnecting in \d+ s")
+
+
+@pytest.fixture(scope="module")
+def server(app_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    with session_server(tmp_path_factory.mktemp("browser") / "data") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
+    """Isolated browser profiles (one per person); a script error on any of their pages fails the test."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def make(**options: Any) -> BrowserContext:
+        context = browser.new_context(viewport=options.pop("viewport", DESKTOP), **options)
+        context.on("page", lambda page: page.on("pageerror", lambda error: errors.append(str(error))))
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert errors == [], errors
+
+
+# -- what a person does ----------------------------------------------------------------------------------------
+
+
+def sign_in(server: LocalServer, context: BrowserContext, user: str) -> Page:
+    """A new tab, signed in as ``user`` and connected."""
+    page = context.new_page()
+    page.goto(server.rest_url + "/")
+    page.get_by_test_id("username-input").fill(user)
+    page.get_by_test_id("sign-in-button").click()
+    expect(page.get_by_test_id("current-user")).to_have_text(user)
+    expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "online")
+    return page
+
+
+def conversation_item(page: Page, conversation_id: str) -> Locator:
+    return page.locator(f'[data-testid="conversation-item"][data-conversation-id="{conversation_id}"]')
+
+
+def messages(page: Page) -> Locator:
+    return page.get_by_test_id("message")
+
+
+def message(page: Page, content: str) -> Locator:
+    """The message whose text is exactly ``content``."""
+    return messages(page).filter(has=page.get_by_test_id("message-content").get_by_text(content, exact=True))
+
+
+def send(page: Page, content: str) -> None:
+    page.get_by_test_id("composer-input").fill(content)
+    page.get_by_test_id("composer-input").press("Enter")
+
+
+def contents(page: Page) -> list[str]:
+    return page.get_by_test_id("message-content").all_inner_texts()
+
+
+def open_conversation_id(page: Page) -> str:
+    current = page.locator('[data-testid="conversation-item"][aria-current="true"]')
+    expect(current).to_have_count(1)
+    return str(current.get_attribute("data-conversation-id"))
+
+
+# -- the server side -------------------------------------------------------------------------------------------
+
+
+def stored_contents(server: LocalServer, user: str, conversation_id: str) -> list[str]:
+    status, body = server.call(
+        "GET", f"/conversations/{conversation_id}/messages?limit=100&order=asc", server.token(user)
+    )
+    assert status == 200, body
+    return [item["content"] for item in body]
+
+
+def send_as(server: LocalServer, user: str, conversation_id: str, *texts: str) -> None:
+    """Send from a plain WebSocket client, each message confirmed by its echo before the next."""
+    with server.socket(server.token(user)) as ws:
+        for text in texts:
+            temp = uuid.uuid4().hex
+            ws.send(
+                json.dumps(
+                    {
+                        "action": "send-message",
+                        "tempMessageId": temp,
+                        "conversationId": conversation_id,
+                        "content": text,
+                    }
+                )
+            )
+            while True:
+                frame = json.loads(ws.recv(timeout=10))
+                if frame.get("type") == "error":
+                    pytest.fail(f"sending {text!r} failed: {frame}")
+                if frame.get("tempMessageId") == temp:
+                    break
+
+
+def drop_sockets(server: LocalServer, user: str) -> list[str]:
+    """Close every socket of ``user`` from the server side, through the local ``@connections`` DELETE (as the app
+    or API Gateway would); returns the connection ids that were open."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        registry = RedisRegistry(client, ttl_seconds=660, prefix=server.prefix)
+        connection_ids = registry.connections_for([user])[user]
+    finally:
+        client.close()
+    assert connection_ids, f"{user} has no open socket"
+    for connection_id in connection_ids:
+        status, _headers, body = server.request("DELETE", f"/@connections/{quote(connection_id, safe='')}")
+        assert status == 204, body
+    return connection_ids
+
+
+class SocketGate:
+    """The browser context's WebSockets pass through Playwright; while ``down``, new ones are refused before they
+    open, as with the network down. Open sockets are left alone (the server drops them).
+
+    Not ``context.set_offline``: Chromium's offline emulation can also hold back what arrives on a socket that is
+    already open, so a server-side close may never reach the page.
+    """
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.down = False
+        context.route_web_socket(re.compile(r"^wss?://"), self._route)
+
+    def _route(self, socket: WebSocketRoute) -> None:
+        if self.down:
+            socket.close(code=1011, reason="network down")
+        else:
+            socket.connect_to_server()  # a transparent proxy: frames and closes pass both ways
+
+
+def live_connections(server: LocalServer, user: str) -> list[str]:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        return RedisRegistry(client, ttl_seconds=660, prefix=server.prefix).connections_for([user])[user]
+    finally:
+        client.close()
+
+
+# -- the tests -------------------------------------------------------------------------------------------------
+
+
+def test_two_people_chat_live_across_reloads_and_tabs(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    alice = sign_in(server, new_context(), alice_user)
+    bob_context = new_context()
+    bob = sign_in(server, bob_context, bob_user)
+    expect(bob.get_by_text("No conversations yet.")).to_be_visible()
+
+    # Alice starts a direct conversation and writes; it is confirmed by the server's echo.
+    alice.get_by_test_id("new-conversation-recipients").fill(bob_user)
+    alice.get_by_test_id("new-conversation-create").click()
+    expect(alice.get_by_test_id("conversation-title")).to_have_text(bob_user)
+    conversation_id = open_conversation_id(alice)
+    send(alice, "Hi Bob, lunch today?")
+    expect(message(alice, "Hi Bob, lunch today?")).to_have_attribute("data-state", "sent")
+    expect(message(alice, "Hi Bob, lunch today?")).to_have_attribute("data-message-id", SOME_UUID)
+
+    # Bob, who has never seen this conversation, gets it live with an unread badge.
+    bob_item = conversation_item(bob, conversation_id)
+    expect(bob_item.get_by_test_id("unread-badge")).to_have_text("1")
+    expect(bob_item.get_by_test_id("conversation-preview")).to_have_text("Hi Bob, lunch today?")
+    expect(bob_item.get_by_test_id("conversation-name")).to_have_text(alice_user)
+    expect(bob).to_have_title("(1) Chat")
+
+    # Opening it clears the badge, and Alice sees that Bob read her message.
+    bob_item.click()
+    expect(message(bob, "Hi Bob, lunch today?")).to_have_attribute("data-sender", alice_user)
+    expect(bob_item.get_by_test_id("unread-badge")).to_have_count(0)
+    expect(bob).to_have_title("Chat")
+    expect(message(alice, "Hi Bob, lunch today?").get_by_test_id("read-receipt")).to_have_text("Read")
+
+    # Bob answers; Alice, who has the conversation open, sees it live and reads it at once.
+    send(bob, "Sure, 12:30?")
+    expect(message(alice, "Sure, 12:30?")).to_have_attribute("data-sender", bob_user)
+    expect(conversation_item(alice, conversation_id).get_by_test_id("conversation-preview")).to_have_text(
+        "Sure, 12:30?"
+    )
+    expect(conversation_item(alice, conversation_id)).to_have_attribute("data-unread", "")
+    expect(message(bob, "Sure, 12:30?").get_by_test_id("read-receipt")).to_have_text("Read")
+
+    # A reload keeps the user (sessionStorage) and the history (from the server).
+    alice.reload()
+    expect(alice.get_by_test_id("current-user")).to_have_text(alice_user)
+    conversation_item(alice, conversation_id).click()
+    expect(messages(alice)).to_have_count(2)
+    assert contents(alice) == ["Hi Bob, lunch today?", "Sure, 12:30?"]
+
+    # A second tab of Alice's, on the list only: a message Bob sends appears in both tabs, and since the first
+    # tab reads it (the conversation is open there), the second tab's badge clears too.
+    alice_tab2 = sign_in(server, alice.context, alice_user)
+    send(bob, "I'll book a table")
+    expect(message(alice, "I'll book a table")).to_be_visible()
+    tab2_item = conversation_item(alice_tab2, conversation_id)
+    expect(tab2_item.get_by_test_id("conversation-preview")).to_have_text("I'll book a table")
+    expect(tab2_item).to_have_attribute("data-unread", "")
+
+    # What the second tab sends shows up, confirmed, in the first tab and at Bob's.
+    tab2_item.click()
+    expect(messages(alice_tab2)).to_have_count(3)
+    send(alice_tab2, "Perfect, see you there")
+    for page in (alice_tab2, alice, bob):
+        expect(message(page, "Perfect, see you there")).to_have_attribute("data-state", "sent")
+    expected = ["Hi Bob, lunch today?", "Sure, 12:30?", "I'll book a table", "Perfect, see you there"]
+    for page in (alice, alice_tab2, bob):
+        assert contents(page) == expected
+    assert stored_contents(server, alice_user, conversation_id) == expected
+
+
+def test_a_dropped_socket_reconnects_catches_up_and_retries_without_duplicates(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    send_as(server, bob_user, conversation_id, "Are you there?")
+    context = new_context()
+    network = SocketGate(context)
+    alice = sign_in(server, context, alice_user)
+    conversation_item(alice, conversation_id).click()
+    expect(message(alice, "Are you there?")).to_be_visible()
+    status = alice.get_by_test_id("connection-status")
+
+    # The server closes the socket while the network is down (so the reconnects fail until it is back).
+    network.down = True
+    dropped = drop_sockets(server, alice_user)
+    expect(status).to_have_attribute("data-state", "offline")
+    expect(status).to_have_attribute("title", RECONNECTING)
+
+    # Bob writes meanwhile; Alice's own message cannot leave and is marked failed, with a Retry.
+    send_as(server, bob_user, conversation_id, "Written while you were away")
+    send(alice, "Sent while offline")
+    failed = message(alice, "Sent while offline")
+    expect(failed).to_have_attribute("data-state", "failed")
+    expect(failed.get_by_test_id("retry-button")).to_be_visible()
+    temp_id = failed.get_attribute("data-temp-id")
+
+    # Back online: connected again, and the missed message is caught up (`after=`), below the ones already there.
+    # The person does not wait out the backoff: clicking the status retries now (while a dial is already under
+    # way the button is disabled and the click does nothing; that dial gets through).
+    network.down = False
+    status.click(force=True)
+    expect(status).to_have_attribute("data-state", "online")
+    expect(message(alice, "Written while you were away")).to_be_visible()
+    assert not set(live_connections(server, alice_user)) & set(dropped)
+
+    # Retry sends under the same tempMessageId: confirmed once, stored once.
+    failed.get_by_test_id("retry-button").click()
+    expect(failed).to_have_attribute("data-state", "sent")
+    assert failed.get_attribute("data-temp-id") == temp_id
+    assert contents(alice) == ["Are you there?", "Written while you were away", "Sent while offline"]
+    assert stored_contents(server, alice_user, conversation_id) == contents(alice)
+
+    # A drop with the network up is repaired by the backoff alone; live messages flow again afterwards.
+    dropped = drop_sockets(server, alice_user)
+    deadline = time.monotonic() + 10
+    t0 = time.monotonic()
+    n = 0
+    while not (set(live_connections(server, alice_user)) - set(dropped)) and time.monotonic() < deadline:
+        n += 1
+        time.sleep(0.05)
+    print("DBG loop", n, round(time.monotonic() - t0, 2), live_connections(server, alice_user), flush=True)
+    expect(status).to_have_attribute("data-state", "online")
+    send_as(server, bob_user, conversation_id, "Still there?")
+    expect(message(alice, "Still there?")).to_be_visible()
+    assert len(contents(alice)) == 4
+
+
+def test_a_send_whose_echo_is_lost_settles_on_reconnect_as_one_message(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    """The worst moment to lose the socket: the server stored the message but its echo never arrived. After the
+    reconnect the client sends it again under the same tempMessageId; the server echoes the stored one."""
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    context = new_context()
+    cut = {"armed": True}
+
+    def route(page_side: WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+
+        def from_server(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if cut["armed"] and data.get("type") == "new-message" and data.get("content") == "Echo lost":
+                cut["armed"] = False
+                server_side.close()
+                page_side.close(code=1011, reason="connection lost")
+                return
+            page_side.send(frame)
+
+        server_side.on_message(from_server)
+
+    context.route_web_socket(re.compile(r"^wss?://"), route)
+    alice = sign_in(server, context, alice_user)
+    bob = sign_in(server, new_context(), bob_user)
+    conversation_item(alice, conversation_id).click()
+    conversation_item(bob, conversation_id).click()
+    expect(alice.get_by_test_id("history-status")).to_have_text("No messages yet — say hello.")
+
+    send(alice, "Echo lost")
+    expect(message(bob, "Echo lost")).to_be_visible()  # stored and pushed to Bob; Alice's echo was cut
+    expect(message(alice, "Echo lost")).to_have_attribute("data-state", "sent")
+    assert cut == {"armed": False}
+    assert contents(alice) == ["Echo lost"]
+    send(alice, "After the reconnect")
+    expect(message(bob, "After the reconnect")).to_be_visible()
+    assert contents(alice) == contents(bob) == ["Echo lost", "After the reconnect"]
+    assert stored_contents(server, alice_user, conversation_id) == ["Echo lost", "After the reconnect"]
+
+
+def test_scrolling_up_loads_older_pages_in_order(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    seeded = [f"message {n:02d}" for n in range(1, 71)]
+    send_as(server, bob_user, conversation_id, *seeded)
+
+    alice = sign_in(server, new_context(), alice_user)
+    conversation_item(alice, conversation_id).click()
+    expect(message(alice, "message 70")).to_be_visible()
+    first_page = messages(alice).count()
+    assert first_page < len(seeded), "the newest page alone should not hold the whole history"
+    assert contents(alice) == seeded[-first_page:]
+
+    scroller = alice.get_by_test_id("message-scroller")
+    history = alice.get_by_test_id("history-status")
+    for _ in range(10):  # each scroll to the top asks for one older page
+        if history.inner_text() == "Beginning of the conversation":
+            break
+        shown = messages(alice).count()
+        scroller.evaluate("element => { element.scrollTop = 0; }")
+        expect(messages(alice)).not_to_have_count(shown)
+    expect(history).to_have_text("Beginning of the conversation")
+    assert contents(alice) == seeded
+    ids = [item.get_attribute("data-message-id") for item in messages(alice).all()]
+    assert len(set(ids)) == len(seeded)
+    # The view kept its place while pages were added above it: not thrown back to the bottom.
+    assert scroller.evaluate("element => element.scrollTop") < scroller.evaluate("element => element.scrollHeight / 2")
+
+
+@pytest.mark.parametrize(
+    ("viewport", "screenshot", "people"),
+    [
+        (DESKTOP, "screenshot.png", ("maya", "sam", "lee")),
+        (PHONE, "screenshot-mobile.png", ("nora", "tom", "ravi")),
+    ],
+    ids=["laptop", "phone"],
+)
+def test_layout_fits_a_laptop_and_a_phone(
+    server: LocalServer,
+    new_context: Callable[..., BrowserContext],
+    viewport: dict[str, int],
+    screenshot: str,
+    people: tuple[str, str, str],
+    tmp_path: Path,
+) -> None:
+    # Readable names (they are in the README's screenshots): each session has a database of its own.
+    me, friend, organiser = people
+    status, body = server.call(
+        "POST",
+        "/conversation",
+        server.token(organiser),
+        {"recipientIdArr": [me, friend], "isGroup": True, "title": "Weekend trip"},
+    )
+    assert status == 200, body
+    group = str(body["conversationId"])
+    direct = server.direct(server.token(friend), me)
+    send_as(server, organiser, group, "Train tickets are booked for Saturday 9:10")
+    send_as(server, friend, direct, "Did you see the design review notes?")
+    send_as(server, me, direct, "Yes, reading them now")
+    send_as(server, friend, direct, "The notes: https://example.com/design-review/2026/sidebar-and-mobile-layout-notes")
+    send_as(server, me, direct, "Agreed on all of it. Let's ship it on Thursday after the demo.")
+    send_as(server, friend, direct, "Great, I'll tell the team")
+
+    friend_page = sign_in(server, new_context(), friend)
+    conversation_item(friend_page, direct).click()
+    page = sign_in(server, new_context(viewport=viewport), me)
+    expect(page.get_by_test_id("conversation-item")).to_have_count(2)
+    expect(conversation_item(page, group).get_by_test_id("unread-badge")).to_have_text("1")
+    phone = viewport["width"] < 600
+    if phone:  # one pane at a time
+        expect(page.get_by_test_id("composer-input")).to_be_hidden()
+    conversation_item(page, direct).click()
+    expect(message(page, "Great, I'll tell the team")).to_be_visible()
+    page.get_by_test_id("composer-input").fill("See you at the demo")
+    page.get_by_test_id("send-button").click()
+    expect(message(page, "See you at the demo").get_by_test_id("read-receipt")).to_have_text("Read")
+
+    # Nothing sticks out sideways, and every message bubble is inside the window.
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    for bubble in page.get_by_test_id("message-content").all():
+        box = bubble.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+    if phone:
+        expect(page.get_by_test_id("conversation-list")).to_be_hidden()
+        page.get_by_test_id("back-button").click()
+        expect(page.get_by_test_id("conversation-list")).to_be_visible()
+        conversation_item(page, direct).click()
+        expect(message(page, "See you at the demo")).to_be_visible()
+
+    page.get_by_test_id("composer-input").click()
+    page.screenshot(path=tmp_path / screenshot)
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / screenshot, ROOT / "docs" / screenshot)
