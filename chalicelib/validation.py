@@ -65,18 +65,20 @@ def parse_user_id(value: Any, field: str) -> str:
     return _storable(value, field)
 
 
-def parse_json_object(raw: str | bytes | None, max_bytes: int | None = None) -> dict[str, Any]:
-    """The request body as a JSON object; a body over ``max_bytes`` is refused before it is parsed."""
+def parse_json_object(
+    raw: str | bytes | None, max_bytes: int | None = None, *, what: str = "Request body"
+) -> dict[str, Any]:
+    """A body (or frame) as a JSON object; one over ``max_bytes`` is refused before it is parsed."""
     if raw is None or raw in ("", b""):
-        raise BadRequest("Request body must be a JSON object")
+        raise BadRequest(f"{what} must be a JSON object")
     if max_bytes is not None and _size(raw) > max_bytes:
-        raise PayloadTooLarge(f"Request body must be at most {max_bytes} bytes")
+        raise PayloadTooLarge(f"{what} must be at most {max_bytes} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("Request body is not valid JSON") from None
+        raise BadRequest(f"{what} is not valid JSON") from None
     if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object")
+        raise BadRequest(f"{what} must be a JSON object")
     return body
 
 
@@ -272,7 +274,7 @@ def parse_frame(body: str | None, settings: Settings) -> Frame:
     """A client frame; raises ``FrameError`` naming the action when it can."""
     action, temp = frame_context(body)
     try:
-        frame = parse_json_object(body, settings.max_request_bytes)
+        frame = parse_json_object(body, settings.max_request_bytes, what="Frame")
         return _parse_action(frame, settings)
     except ChatError as error:
         raise FrameError(error, action, temp) from None

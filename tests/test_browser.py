@@ -334,7 +334,8 @@ def test_a_dropped_socket_reconnects_catches_up_and_retries_without_duplicates(
     dropped = drop_sockets(server, alice_user)
     deadline = time.monotonic() + 10
     while not (set(live_connections(server, alice_user)) - set(dropped)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        alice.wait_for_timeout(50)  # not time.sleep: the sync API runs the socket routing only inside its calls
+    assert set(live_connections(server, alice_user)) - set(dropped), "no new socket after the drop"
     expect(status).to_have_attribute("data-state", "online")
     send_as(server, bob_user, conversation_id, "Still there?")
     expect(message(alice, "Still there?")).to_be_visible()
