@@ -9,7 +9,8 @@ heavy-tailed law (many quiet conversations, a few busy ones, some empty); one he
 Every row satisfies the schema's invariants (see ``sql/0001_initial.sql``): positions are dense ``1..last_seq``,
 ``sent_at`` grows with ``seq``, ``conversation.last_activity_at`` is the latest message's ``sent_at`` (or the
 creation time), every participant's ``last_activity_at`` copies it, a participant's watermark is never below
-their own latest message, direct pairs are ordered and unique.
+their own latest message, direct pairs are ordered and unique, and the conversation row carries its latest
+message's id, sender and content (``sql/0003_latest_message.sql``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _WORDS = (  # noqa: SIM905 - a sentence reads better than a list of fifty words
 class Params:
     """What the dataset holds; a change of any field means a re-seed."""
 
-    version: int = 2
+    version: int = 3
     seed: int = 4
     users: int = 10_000
     conversations: int = 50_000
@@ -184,21 +185,24 @@ def generate(params: Params, now: datetime | None = None) -> Dataset:
         offsets = sorted(rng.random() for _ in range(n))
         last_at = conv.created_at
         sent_times: list[datetime] = []
+        # The latest message (id, sender, content), copied onto the conversation row (sql/0003).
+        latest = (r"\N", r"\N", r"\N")
         for seq in range(1, n + 1):
             sender = conv.members[rng.randrange(len(conv.members))]
             own_last[sender] = seq
             last_at = conv.created_at + timedelta(seconds=1 + offsets[seq - 1] * (window - 1))
             sent_times.append(last_at)
+            latest = (_uuid(rng), sender, contents[rng.randrange(4096)])
             lines.append(
-                f"{_uuid(rng)}\t{conv.conversation_id}\t{seq}\t{sender}\tseed-{seq}\t"
-                f"{contents[rng.randrange(4096)]}\t{_ts(last_at)}\n"
+                f"{latest[0]}\t{conv.conversation_id}\t{seq}\t{sender}\tseed-{seq}\t{latest[2]}\t{_ts(last_at)}\n"
             )
         data.message_chunks.append("".join(lines))
         data.message_count += n
         direct_low, direct_high = (r"\N", r"\N") if conv.is_group else (conv.members[0], conv.members[1])
         data.conversation_rows.append(
             f"{conv.conversation_id}\t{conv.title}\t{'t' if conv.is_group else 'f'}\t{conv.members[0]}\t"
-            f"{_ts(conv.created_at)}\t{_ts(last_at)}\t{n}\t{direct_low}\t{direct_high}\n"
+            f"{_ts(conv.created_at)}\t{_ts(last_at)}\t{n}\t{direct_low}\t{direct_high}\t{latest[0]}\t{latest[1]}\t"
+            f"{latest[2]}\n"
         )
         for member in conv.members:
             memberships[member] += 1

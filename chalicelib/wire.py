@@ -17,9 +17,21 @@ JSONObject = dict[str, Any]
 
 
 def iso(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and a trailing Z: 2026-11-28T10:33:11.123Z."""
+    """ISO-8601 UTC with milliseconds and a trailing Z: 2026-11-28T10:33:11.123Z.
+
+    Spelled out with ``%`` formatting: about three times faster than ``strftime`` here, and a
+    500-row conversation list formats 500 of these. Milliseconds are truncated, not rounded.
+    """
     utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 - measured faster than an f-string
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond // 1000,
+    )
 
 
 @dataclass(frozen=True)
@@ -61,20 +73,25 @@ def message_body(row: Mapping[str, Any]) -> JSONObject:
 
 
 def conversation_row_body(row: Mapping[str, Any]) -> JSONObject:
-    """One row of GET /conversations; a conversation without messages reads as read."""
-    has_message = row["latest_message_id"] is not None
-    unread = max(0, int(row["last_seq"]) - int(row["last_read_seq"]))
+    """One row of GET /conversations; a conversation without messages reads as read.
+
+    ``last_activity_at`` is the latest message's ``sentAt``, or the creation time while the
+    conversation is empty (the schema keeps them equal; see queries/conversations.sql).
+    """
+    latest_message_id = row["latest_message_id"]
+    has_message = latest_message_id is not None
+    unread = int(row["unread_count"])
     return {
         "conversationId": str(row["conversation_id"]),
         "title": row["title"],
         "isGroup": row["is_group"],
-        "sentAt": iso(row["latest_sent_at"] if has_message else row["created_at"]),
+        "sentAt": iso(row["last_activity_at"]),
         "latestContent": row["latest_content"] if has_message else "",
         "senderId": row["latest_sender_id"] if has_message else "",
         "isRead": unread == 0,
         "participantId": row["participant_id"] or "",
         "unreadCount": unread,
-        "latestMessageId": str(row["latest_message_id"]) if has_message else None,
+        "latestMessageId": str(latest_message_id) if has_message else None,
     }
 
 

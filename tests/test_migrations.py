@@ -62,3 +62,33 @@ def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "first.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
+
+
+def test_0003_copies_each_conversations_latest_message(empty_database: Database, tmp_path: Path) -> None:
+    # Data written under 0001-0002 (no latest-message columns yet), then 0003 applied on top of it.
+    for migration in ("0001_initial.sql", "0002_connections.sql"):
+        (tmp_path / migration).write_text((ROOT / "sql" / migration).read_text(encoding="utf-8"))
+    apply_migrations(empty_database, tmp_path)
+    busy, empty = str(uuid.uuid4()), str(uuid.uuid4())
+    empty_database.run_sql(
+        "INSERT INTO conversation_table (conversation_id, is_group, created_by, last_seq, direct_user_low,"
+        " direct_user_high) VALUES (:busy, false, 'a', 2, 'a', 'b'), (:empty, false, 'a', 0, 'a', 'c')",
+        busy=busy,
+        empty=empty,
+    )
+    empty_database.run_sql(
+        "INSERT INTO message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content)"
+        " VALUES (gen_random_uuid(), :c, 1, 'a', 't1', 'first'), (:latest, :c, 2, 'b', 't2', 'second')",
+        c=busy,
+        latest=(latest := str(uuid.uuid4())),
+    )
+    (tmp_path / "0003_latest_message.sql").write_text(
+        (ROOT / "sql" / "0003_latest_message.sql").read_text(encoding="utf-8")
+    )
+    apply_migrations(empty_database, tmp_path)
+    rows = empty_database.run_sql(
+        "SELECT conversation_id::text AS id, latest_message_id::text AS message_id, latest_sender_id, latest_content"
+        " FROM conversation_table"
+    )
+    by_id = {row["id"]: (row["message_id"], row["latest_sender_id"], row["latest_content"]) for row in rows}
+    assert by_id == {busy: (latest, "b", "second"), empty: (None, None, None)}

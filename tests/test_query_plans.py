@@ -35,7 +35,7 @@ EXPECTED: dict[str, set[str]] = {
     "find_direct_conversation": {"conversation_direct_pair_key"},
     "get_member_conversation": {"conversation_table_pkey", "participant_table_pkey"},
     "list_participants": {"participant_table_pkey"},
-    "list_user_conversations": {"participant_user_activity_idx", "message_conversation_seq_key"},
+    "list_user_conversations": {"participant_user_activity_idx", "conversation_table_pkey"},
     "send_message": {"conversation_table_pkey", "participant_table_pkey"},
     "find_sent_message": {"message_idempotency_key"},
     "messages_in_seq_range": {"message_conversation_seq_key"},

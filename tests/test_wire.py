@@ -16,6 +16,18 @@ def test_iso_has_milliseconds_and_z() -> None:
     assert iso(SENT.replace(microsecond=0)) == "2026-11-28T10:33:11.000Z"
 
 
+def test_iso_truncates_to_milliseconds_across_offsets_and_dates() -> None:
+    # isoformat's output, cut and suffixed, must equal the spelled-out format for every instant.
+    for moment, offset_h in [
+        (datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), -3),
+        (datetime(2027, 1, 1, 0, 0, 0, 999, tzinfo=UTC), 14),
+        (datetime(2028, 2, 29, 12, 0, 0, 1000, tzinfo=UTC), 0),
+    ]:
+        local = moment.astimezone(timezone(timedelta(hours=offset_h)))
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        assert iso(local) == expected
+
+
 def test_new_message_goes_to_every_connection_once_sender_included() -> None:
     pushes = plan_new_message(
         MESSAGE, ["alice", "bob", "carol"], {"alice": ["a1", "a2"], "bob": ["b1", "b1"], "dave": ["d1"]}

@@ -53,10 +53,12 @@ ORDER BY user_id;
 
 -- name: list_user_conversations
 -- A page of the caller's conversations, newest activity first, after a keyset cursor.
-SELECT c.conversation_id, c.title, c.is_group, c.created_at, c.last_seq,
-       p.last_read_seq, p.last_activity_at,
-       m.message_id AS latest_message_id, m.sender_id AS latest_sender_id,
-       m.content AS latest_content, m.sent_at AS latest_sent_at,
+-- Reads participant -> conversation only: the latest message is copied onto the conversation row
+-- (0003), and its time is the activity time (send_message writes both from one clock reading; an
+-- empty conversation's is its creation time). Only the cells wire.conversation_row_body needs.
+SELECT CAST(c.conversation_id AS text) AS conversation_id, c.title, c.is_group,
+       p.last_activity_at, GREATEST(c.last_seq - p.last_read_seq, 0) AS unread_count,
+       CAST(c.latest_message_id AS text) AS latest_message_id, c.latest_sender_id, c.latest_content,
        -- A direct conversation names its other member itself; only a group looks one up.
        CASE WHEN NOT c.is_group
             THEN CASE WHEN c.direct_user_low = p.user_id THEN c.direct_user_high ELSE c.direct_user_low END
@@ -66,7 +68,6 @@ SELECT c.conversation_id, c.title, c.is_group, c.created_at, c.last_seq,
        END AS participant_id
 FROM participant_table p
 JOIN conversation_table c ON c.conversation_id = p.conversation_id
-LEFT JOIN message_table m ON m.conversation_id = c.conversation_id AND m.seq = c.last_seq
 WHERE p.user_id = :user_id
   AND (p.last_activity_at, p.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
   AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)

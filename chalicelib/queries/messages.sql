@@ -1,10 +1,12 @@
 -- name: send_message
--- Store a message at the conversation's next position and bump every participant's activity.
+-- Store a message at the conversation's next position, make it the conversation's latest
+-- (the list reads it from there) and bump every participant's activity.
 -- Atomic: a duplicate tempMessageId (unique violation) rolls back the position too, so
 -- positions stay dense. No row means the sender is not a participant.
 WITH allocated AS (
     UPDATE conversation_table c
-    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp()
+    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp(),
+        latest_message_id = :message_id, latest_sender_id = :sender_id, latest_content = :content
     WHERE c.conversation_id = :conversation_id
       AND EXISTS (
           SELECT 1 FROM participant_table p
