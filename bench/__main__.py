@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results))
     chart = args.output.with_name("chart.png")
     if report.chart(results, chart):
-        log(f"\nwrote {args.output.relative_to(ROOT)} and {chart.relative_to(ROOT)}")
+        log(f"\nwrote {args.output} and {chart}")
     else:
-        log(f"\nwrote {args.output.relative_to(ROOT)} (matplotlib missing: no chart)")
+        log(f"\nwrote {args.output} (matplotlib missing: no chart)")
     log(f"make bench took {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -4,6 +4,7 @@ driven with API-Gateway-shaped WebSocket events (as tests/conftest.py drives the
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import pg8000.native
 
 from bench.seed import DatasetInfo
 from local.identity import LocalIdentityProvider
+from local.websocket_gateway import ConnectionContext, websocket_event
 
 
 @dataclass
@@ -38,24 +40,12 @@ class BenchContext:
 def ws_event(
     route_key: str, connection_id: str, *, body: str | None = None, token: str | None = None
 ) -> dict[str, Any]:
-    """An API Gateway WebSocket event, as the Lambda receives it."""
-    event_type = {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}.get(route_key, "MESSAGE")
-    return {
-        "requestContext": {
-            "routeKey": route_key,
-            "eventType": event_type,
-            "connectionId": connection_id,
-            "domainName": "bench.execute-api.us-east-1.amazonaws.com",
-            "stage": "bench",
-            "apiId": "bench",
-            "requestId": uuid.uuid4().hex,
-            "connectedAt": 0,
-        },
-        "queryStringParameters": {"Authorization": token} if token is not None else None,
-        "headers": {"Host": "bench.execute-api.us-east-1.amazonaws.com"},
-        "body": body,
-        "isBase64Encoded": False,
-    }
+    """An API Gateway WebSocket event, as the Lambda receives it (the local server's own builder)."""
+    context = ConnectionContext(
+        connection_id, time.time(), "127.0.0.1", "bench", "bench.execute-api.us-east-1.amazonaws.com", "bench", "bench"
+    )
+    query = {"Authorization": [token]} if token is not None else None
+    return websocket_event(route_key, context, body=body, query=query)
 
 
 def connect(ctx: BenchContext, user: str) -> str:

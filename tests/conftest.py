@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,10 +29,12 @@ from chalicelib.migrations import apply_migrations
 from local.connections_api import ConnectionsServer, RecordingSink
 from local.identity import LocalIdentityProvider
 from local.services import EmbeddedServices
+from local.websocket_gateway import ConnectionContext, websocket_event
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TEST"
 CLIENT_ID = "test-app-client"
+API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 
 
 def with_database(url: str, name: str) -> str:
@@ -210,23 +213,10 @@ class Sockets:
     def event(
         route_key: str, connection_id: str, *, body: str | None = None, query: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        event_type = {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}.get(route_key, "MESSAGE")
-        return {
-            "requestContext": {
-                "routeKey": route_key,
-                "eventType": event_type,
-                "connectionId": connection_id,
-                "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-                "stage": "test",
-                "apiId": "abc123",
-                "requestId": uuid.uuid4().hex,
-                "connectedAt": 0,
-            },
-            "queryStringParameters": query,
-            "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com"},
-            "body": body,
-            "isBase64Encoded": False,
-        }
+        """The event API Gateway would send, from the local server's own event builder."""
+        context = ConnectionContext(connection_id, time.time(), "127.0.0.1", "pytest", API_DOMAIN, "test", "abc123")
+        multi_query = {name: [value] for name, value in query.items()} if query else None
+        return websocket_event(route_key, context, body=body, query=multi_query)
 
     def connect_raw(self, token: str | None) -> tuple[str, dict[str, Any]]:
         import app as chat_app
