@@ -67,7 +67,15 @@ SELECT CAST(c.conversation_id AS text) AS conversation_id, c.title, c.is_group,
                   ORDER BY o.user_id LIMIT 1)
        END AS participant_id
 FROM participant_table p
-JOIN conversation_table c ON c.conversation_id = p.conversation_id
+-- One primary-key probe per row of the page. As a plain join, a user in hundreds of conversations
+-- tips the planner into hashing a sequential scan of every conversation; LIMIT 1 keeps it a probe.
+CROSS JOIN LATERAL (
+    SELECT c1.conversation_id, c1.title, c1.is_group, c1.last_seq, c1.latest_message_id,
+           c1.latest_sender_id, c1.latest_content, c1.direct_user_low, c1.direct_user_high
+    FROM conversation_table c1
+    WHERE c1.conversation_id = p.conversation_id
+    LIMIT 1
+) c
 WHERE p.user_id = :user_id
   AND (p.last_activity_at, p.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
   AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)
