@@ -64,6 +64,8 @@ class Settings:
     push_timeout_s: float = 3.0
     # Attempts per push: 429, 5xx and connection errors are retried with exponential backoff and jitter.
     push_max_attempts: int = 3
+    # "signed": our lean SigV4 client (the fast path); "boto3": boto3's apigatewaymanagementapi client.
+    push_client: str = "signed"
     # The whole fan-out of one frame ends by then; pushes still running are reported as failed.
     push_deadline_s: float = 5.0
     # Redis connect/read timeout: how long a registry call may stall before the degraded path runs.
@@ -139,6 +141,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         push_concurrency=_int(env, "PUSH_CONCURRENCY", 64),
         push_timeout_s=_float(env, "PUSH_TIMEOUT_SECONDS", 3.0),
         push_max_attempts=_int(env, "PUSH_MAX_ATTEMPTS", 3),
+        push_client=env.get("PUSH_CLIENT", "signed").strip().lower(),
         push_deadline_s=_float(env, "PUSH_DEADLINE_SECONDS", 5.0),
         redis_timeout_s=_float(env, "REDIS_TIMEOUT_SECONDS", 1.0),
         send_rate_per_s=_float(env, "SEND_RATE_PER_SECOND", 10.0),

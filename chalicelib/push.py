@@ -3,10 +3,11 @@
 A broadcast works on a snapshot of connection ids and posts to all of them at
 once on a bounded thread pool (one HTTPS round trip each is the cost to hide).
 A dead connection is normal flow: ``GoneException`` (410) unregisters that one
-connection and the rest go on. Throttling and 5xx answers are retried by
-botocore's "standard" retry mode (exponential backoff with jitter, bounded
-attempts); whatever still fails is reported, never raised, because the message
-it carries is already stored. A fan-out also has a deadline: pushes still
+connection and the rest go on. Throttling and 5xx answers are retried with
+exponential backoff and jitter, a bounded number of times (botocore's "standard"
+retry mode for the boto3 client; the same policy in the signed client, which is
+the default: ``PUSH_CLIENT`` picks one); whatever still fails is reported, never
+raised, because the message it carries is already stored. A fan-out also has a deadline: pushes still
 running when it passes (a hanging endpoint) are reported as failed and left to
 end on their own per-request timeouts, so no send stalls past it.
 """

@@ -66,10 +66,13 @@ def get_verifier() -> TokenVerifier:
 @functools.lru_cache(maxsize=8)
 def get_pusher(endpoint_url: str) -> Pusher:
     """A pusher for one management endpoint (one per WebSocket API stage)."""
-    from chalicelib.push import Pusher, SignedConnectionsClient, shared_executor
+    from chalicelib.push import Boto3ConnectionsClient, Pusher, SignedConnectionsClient, shared_executor
 
     settings = get_settings()
-    client = SignedConnectionsClient(
+    clients = {"signed": SignedConnectionsClient, "boto3": Boto3ConnectionsClient}
+    if settings.push_client not in clients:
+        raise ValueError(f"PUSH_CLIENT must be one of {', '.join(clients)}")
+    client = clients[settings.push_client](
         endpoint_url,
         region=settings.aws_region,
         concurrency=settings.push_concurrency,

@@ -264,3 +264,29 @@ def test_two_clients_chat_end_to_end(rest: Rest, sockets: Sockets) -> None:
     ]
     assert [m["content"] for m in page + older] == [f"message {i}" for i in reversed(range(6))]
     assert json.loads(json.dumps(page))[0]["sentAt"] == sent[-1]["sentAt"]
+
+
+def test_boto3_push_client_is_an_equal_alternative(
+    rest: Rest, sockets: Sockets, sink: RecordingSink, configure: Any
+) -> None:
+    """PUSH_CLIENT=boto3 delivers through boto3's apigatewaymanagementapi client, 410 handling included."""
+    configure(PUSH_CLIENT="boto3")
+    from chalicelib.push import Boto3ConnectionsClient
+    from chalicelib.wiring import get_pusher
+
+    assert isinstance(get_pusher("http://127.0.0.1:9")._client, Boto3ConnectionsClient)
+    alice, bob = new_user("alice"), new_user("bob")
+    conversation_id = rest.direct(alice, bob)
+    tab, dead, alive = sockets.connect(alice), sockets.connect(bob), sockets.connect(bob)
+    sink.close(dead)
+    echo = sockets.message(tab, conversation_id, "via boto3")
+    assert sockets.frames_of_type(alive, "new-message") == [echo]
+    assert get_registry().connections_for([bob])[bob] == [alive]
+
+
+def test_an_unknown_push_client_is_refused(configure: Any) -> None:
+    configure(PUSH_CLIENT="carrier-pigeon")
+    from chalicelib.wiring import get_pusher
+
+    with pytest.raises(ValueError, match="PUSH_CLIENT"):
+        get_pusher("http://127.0.0.1:9")
