@@ -112,6 +112,15 @@ class LocalServer:
         return self.identity(key_path=self.data_dir / "local-identity-key.pem")
 
 
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it, but it has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def server_env(data_dir: Path, **values: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name not in _SESSION_ONLY}
     env.update(HTTP_PORT="0", WS_PORT="0", LOCAL_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")

@@ -32,6 +32,7 @@ from local.connections_api import (
 )
 from local.identity import LocalIdentityProvider, subject_for
 from local.services import EmbeddedServices, postgres_url
+from tests.local_server import is_running
 
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_local"
 AUDIENCE = "local-app-client"
@@ -50,14 +51,6 @@ def pg_connect(url: str) -> pg8000.native.Connection:
         database=parts.path.lstrip("/") or "postgres",
         unix_sock=f"{socket_dir}/.s.PGSQL.{port}",
     )
-
-
-def is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_embedded_services_serve_stop_and_keep_data_across_restarts(tmp_path: Path) -> None:

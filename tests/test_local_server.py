@@ -31,7 +31,7 @@ from chalicelib.registry import RedisRegistry
 from local.rest_gateway import gateway_claims
 from local.websocket_gateway import MAX_MESSAGE_BYTES
 from tests.conftest import new_user
-from tests.local_server import CLIENT_ID, ROOT, LocalServer, server_env, session_server, start_server
+from tests.local_server import CLIENT_ID, ROOT, LocalServer, is_running, server_env, session_server, start_server
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,6 @@ def frames(ws: ClientConnection, *, first_within: float = 5.0, quiet_for: float 
             received.append(json.loads(ws.recv(timeout=quiet_for if received else first_within)))
         except TimeoutError:
             return received
-
-
-def is_running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for init to reap it, but it has exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 # -- the local identity provider -----------------------------------------------------------------------------
