@@ -8,7 +8,6 @@ the test suite's databases. Redis keys get a per-run prefix.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,10 +16,10 @@ from urllib.parse import urlparse, urlunparse
 
 import pg8000.native
 
-from chalicelib import wiring
 from chalicelib.config import settings_from_env
 from chalicelib.db import Database, connection_parameters
 from chalicelib.migrations import apply_migrations
+from local.environment import app_configured
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "chatapi_bench"
@@ -88,15 +87,5 @@ def app_environment(database_url: str, redis_url: str, jwks: Mapping[str, object
         "AWS_SECRET_ACCESS_KEY": "local",
         "MAX_PARTICIPANTS": "100",
     }
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    wiring.reset()
-    try:
+    with app_configured(values):
         yield prefix
-    finally:
-        wiring.reset()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

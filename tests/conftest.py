@@ -9,7 +9,6 @@ runs never see each other's data; each test makes its own users.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from chalicelib.config import get_settings
 from chalicelib.db import Database, connection_parameters
 from chalicelib.migrations import apply_migrations
 from local.connections_api import ConnectionsServer, RecordingSink
+from local.environment import app_configured
 from local.identity import LocalIdentityProvider
 from local.services import EmbeddedServices
 from local.websocket_gateway import ConnectionContext, websocket_event
@@ -110,17 +110,9 @@ def app_environment(
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    wiring.reset()
-    get_settings()  # pinned before any test Client call can overlay .chalice/config.json
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    wiring.reset()
+    with app_configured(values):
+        get_settings()  # pinned before any test Client call can overlay .chalice/config.json
+        yield
 
 
 @pytest.fixture
