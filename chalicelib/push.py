@@ -311,7 +311,7 @@ class Pusher:
         *,
         on_gone: Callable[[str], object],
         executor: ThreadPoolExecutor,
-        deadline_s: float | None = None,
+        deadline_s: float,
     ) -> None:
         self._client = client
         self._on_gone = on_gone
@@ -334,22 +334,15 @@ class Pusher:
         return push.connection_id, "delivered"
 
     def push_all(self, pushes: Sequence[Push]) -> PushReport:
-        """Deliver every push; never raises for a single connection's failure."""
-        report = PushReport()
-        if self._deadline_s is not None and pushes:
-            return self._push_until_deadline(pushes, self._deadline_s)
-        # A single push (an echo, an error frame) is not worth a thread hop.
-        outcomes = [self._deliver(pushes[0])] if len(pushes) == 1 else list(self._executor.map(self._deliver, pushes))
-        for connection_id, outcome in outcomes:
-            getattr(report, outcome).append(connection_id)
-        return report
+        """Deliver every push by the deadline; never raises for a single connection's failure.
 
-    def _push_until_deadline(self, pushes: Sequence[Push], deadline_s: float) -> PushReport:
-        """Every push on the pool, single ones too, so a hanging endpoint cannot hold the caller.
-
-        Pushes to one connection go out one after another in the order given (an echo before
-        the notice about it); different connections are served concurrently.
+        Every push runs on the pool, single ones too, so a hanging endpoint cannot hold the
+        caller. Pushes to one connection go out one after another in the order given (an echo
+        before the notice about it); different connections are served concurrently.
         """
+        if not pushes:
+            return PushReport()
+        deadline_s = self._deadline_s
         groups: dict[str, list[Push]] = {}
         for push in pushes:
             groups.setdefault(push.connection_id, []).append(push)
