@@ -55,11 +55,16 @@ INVARIANTS = {
         WHERE NOT c.is_group AND (c.direct_user_low >= c.direct_user_high
             OR (SELECT array_agg(user_id ORDER BY user_id) FROM participant_table p
                 WHERE p.conversation_id = c.conversation_id) <> ARRAY[c.direct_user_low, c.direct_user_high])""",
-    "the conversation row copies its latest message (0003)": """
-        SELECT count(*) FROM conversation_table c
+    "each participant row copies its conversation's title, kind, latest position and message (0004)": """
+        SELECT count(*) FROM participant_table p JOIN conversation_table c USING (conversation_id)
         LEFT JOIN message_table m ON m.conversation_id = c.conversation_id AND m.seq = c.last_seq
-        WHERE c.latest_message_id IS DISTINCT FROM m.message_id OR c.latest_sender_id IS DISTINCT FROM m.sender_id
-           OR c.latest_content IS DISTINCT FROM m.content""",
+        WHERE p.title <> c.title OR p.is_group <> c.is_group OR p.latest_seq <> c.last_seq
+           OR p.latest_message_id IS DISTINCT FROM m.message_id OR p.latest_sender_id IS DISTINCT FROM m.sender_id
+           OR p.latest_content IS DISTINCT FROM m.content""",
+    "each participant row names its first other member (0004)": """
+        SELECT count(*) FROM participant_table p
+        WHERE p.peer_id IS DISTINCT FROM (SELECT min(o.user_id) FROM participant_table o
+                                          WHERE o.conversation_id = p.conversation_id AND o.user_id <> p.user_id)""",
     "senders are participants": """
         SELECT count(*) FROM message_table m
         WHERE NOT EXISTS (SELECT 1 FROM participant_table p
@@ -69,7 +74,7 @@ INVARIANTS = {
 
 # Dataset version -> the migration whose backfill turns that version's rows into the next version's, so
 # (with the migrations applied first, as env.ensure_bench_database does) the data only needs re-checking.
-MIGRATED = {2: "0003_latest_message"}
+MIGRATED = {3: "0004_inbox"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def _migrated(conn: pg8000.native.Connection, recorded: dict[str, Any], params: 
     if not same_otherwise or old_version not in MIGRATED or old_version + 1 != params.version:
         return False
     log(f"seeding: dataset v{old_version} was upgraded by migration {MIGRATED[old_version]}; checking ...")
-    conn.run("VACUUM (ANALYZE) conversation_table")  # the backfill rewrote every row with a message
+    for table in ("conversation_table", "participant_table"):  # the backfill rewrote their rows
+        conn.run(f"VACUUM (ANALYZE) {table}")
     broken = {name: conn.run(sql)[0][0] for name, sql in INVARIANTS.items()}
     if any(broken.values()):
         log(f"seeding: the upgraded dataset breaks invariants {broken}; reloading")
@@ -157,13 +163,13 @@ def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = pr
     conn.run("BEGIN")
     conn.run(
         "COPY conversation_table (conversation_id, title, is_group, created_by, created_at, last_activity_at,"
-        " last_seq, direct_user_low, direct_user_high, latest_message_id, latest_sender_id, latest_content)"
+        " last_seq, direct_user_low, direct_user_high)"
         " FROM STDIN",
         stream=_chunks(data.conversation_rows),
     )
     conn.run(
-        "COPY participant_table (conversation_id, user_id, joined_at, last_read_seq, last_read_at, last_activity_at)"
-        " FROM STDIN",
+        "COPY participant_table (conversation_id, user_id, joined_at, last_read_seq, last_read_at, last_activity_at,"
+        " title, is_group, peer_id, latest_seq, latest_message_id, latest_sender_id, latest_content) FROM STDIN",
         stream=_chunks(data.participant_rows),
     )
     conn.run(

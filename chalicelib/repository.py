@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.db import Database, Row
+from chalicelib.db import Database, Row, parse_timestamptz
 from chalicelib.errors import CONVERSATION_NOT_FOUND, BadRequest, Conflict, NotFound
 from chalicelib.validation import ListCursor, MessagePageQuery, NewConversation
-from chalicelib.wire import StoredMessage
+from chalicelib.wire import CONVERSATION_ROW_FIELDS, StoredMessage
 
 # API Gateway closes every WebSocket connection after 2 hours; an older row is a missed $disconnect.
 MAX_CONNECTION_AGE_S = 2 * 3600
 
 # Sorts after every real (activity, id) pair: the first page's cursor.
 _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-ffff-ffffffffffff")
+_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,10 @@ class ChatRepository:
 
     def user_conversations(
         self, user_id: str, *, is_read: bool | None, limit: int, cursor: ListCursor | None
-    ) -> list[Row]:
+    ) -> list[list[Any]]:
+        """A page of rows laid out as ``wire.CONVERSATION_ROW_FIELDS``, newest activity first."""
         after = cursor or _FIRST_PAGE
-        return self._db.run(
+        page = self._db.run(
             "list_user_conversations",
             user_id=user_id,
             cursor_at=after.activity_at,
@@ -100,7 +102,11 @@ class ChatRepository:
             unread_only=is_read is False,
             read_only=is_read is True,
             limit=limit,
-        )
+        )[0]["page"]
+        rows: list[list[Any]] = page or []  # json_agg of no rows is NULL
+        for row in rows:  # json carries the time as text
+            row[_ROW_ACTIVITY] = parse_timestamptz(row[_ROW_ACTIVITY])
+        return rows
 
     # --- connections (the durable copy of the registry's connection -> user) -----------
 

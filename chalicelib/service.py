@@ -47,6 +47,7 @@ from chalicelib.wire import (
     Push,
     conversation_body,
     conversation_row_body,
+    conversation_row_key,
     error_frame,
     message_body,
     plan_echo,
@@ -113,8 +114,7 @@ class ChatService:
         rows = self._repo.user_conversations(caller, is_read=query.is_read, limit=query.limit, cursor=query.cursor)
         next_cursor = None
         if query.paged and len(rows) == query.limit:
-            last = rows[-1]
-            next_cursor = ListCursor(last["last_activity_at"], str(last["conversation_id"])).encode()
+            next_cursor = ListCursor(*conversation_row_key(rows[-1])).encode()
         return Page([conversation_row_body(row) for row in rows], next_cursor)
 
     def get_conversation(self, caller: str, conversation_id: str) -> JSONObject:

@@ -72,24 +72,58 @@ def message_body(row: Mapping[str, Any]) -> JSONObject:
     return body
 
 
-def conversation_row_body(row: Mapping[str, Any]) -> JSONObject:
+# The positional row GET /conversations is built from, in the order the list query's
+# json_build_array emits it (queries/conversations.sql, list_user_conversations; a test holds
+# the two together). Positional because the page arrives as one json value: see that query.
+CONVERSATION_ROW_FIELDS = (
+    "conversation_id",
+    "title",
+    "is_group",
+    "last_activity_at",
+    "unread_count",
+    "latest_message_id",
+    "latest_sender_id",
+    "latest_content",
+    "peer_id",
+)
+ConversationRow = Sequence[Any]
+_ROW_ID = CONVERSATION_ROW_FIELDS.index("conversation_id")
+_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
+
+
+def conversation_row_key(row: ConversationRow) -> tuple[datetime, str]:
+    """(activity time, conversation id): where the list's keyset cursor resumes after this row."""
+    return row[_ROW_ACTIVITY], str(row[_ROW_ID])
+
+
+def conversation_row_body(row: ConversationRow) -> JSONObject:
     """One row of GET /conversations; a conversation without messages reads as read.
 
     ``last_activity_at`` is the latest message's ``sentAt``, or the creation time while the
     conversation is empty (the schema keeps them equal; see queries/conversations.sql).
     """
-    latest_message_id = row["latest_message_id"]
+    (
+        conversation_id,
+        title,
+        is_group,
+        last_activity_at,
+        unread_count,
+        latest_message_id,
+        latest_sender_id,
+        latest_content,
+        peer_id,
+    ) = row
     has_message = latest_message_id is not None
-    unread = int(row["unread_count"])
+    unread = int(unread_count)
     return {
-        "conversationId": str(row["conversation_id"]),
-        "title": row["title"],
-        "isGroup": row["is_group"],
-        "sentAt": iso(row["last_activity_at"]),
-        "latestContent": row["latest_content"] if has_message else "",
-        "senderId": row["latest_sender_id"] if has_message else "",
+        "conversationId": str(conversation_id),
+        "title": title,
+        "isGroup": is_group,
+        "sentAt": iso(last_activity_at),
+        "latestContent": latest_content if has_message else "",
+        "senderId": latest_sender_id if has_message else "",
         "isRead": unread == 0,
-        "participantId": row["participant_id"] or "",
+        "participantId": peer_id or "",
         "unreadCount": unread,
         "latestMessageId": str(latest_message_id) if has_message else None,
     }

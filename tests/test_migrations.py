@@ -92,3 +92,56 @@ def test_0003_copies_each_conversations_latest_message(empty_database: Database,
     )
     by_id = {row["id"]: (row["message_id"], row["latest_sender_id"], row["latest_content"]) for row in rows}
     assert by_id == {busy: (latest, "b", "second"), empty: (None, None, None)}
+
+
+def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_database: Database, tmp_path: Path) -> None:
+    # Data written under 0001-0003 (the latest message on the conversation row), then 0004 on top of it.
+    for migration in ("0001_initial.sql", "0002_connections.sql", "0003_latest_message.sql"):
+        (tmp_path / migration).write_text((ROOT / "sql" / migration).read_text(encoding="utf-8"))
+    apply_migrations(empty_database, tmp_path)
+    direct, group, latest = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    empty_database.run_sql(
+        "INSERT INTO conversation_table (conversation_id, title, is_group, created_by, last_seq, direct_user_low,"
+        " direct_user_high, latest_message_id, latest_sender_id, latest_content)"
+        " VALUES (:direct, '', false, 'a', 7, 'a', 'b', :latest, 'b', 'hi'),"
+        " (:group, 'Team', true, 'c', 0, NULL, NULL, NULL, NULL, NULL)",
+        direct=direct,
+        group=group,
+        latest=latest,
+    )
+    empty_database.run_sql(
+        "INSERT INTO participant_table (conversation_id, user_id, last_read_seq, last_activity_at)"
+        " VALUES (:direct, 'a', 5, now()), (:direct, 'b', 7, now()),"
+        " (:group, 'c', 0, now()), (:group, 'a', 0, now()), (:group, 'd', 0, now())",
+        direct=direct,
+        group=group,
+    )
+    (tmp_path / "0004_inbox.sql").write_text((ROOT / "sql" / "0004_inbox.sql").read_text(encoding="utf-8"))
+    apply_migrations(empty_database, tmp_path)
+    rows = empty_database.run_sql(
+        "SELECT conversation_id::text AS id, user_id, title, is_group, peer_id, latest_seq,"
+        " latest_message_id::text AS message_id, latest_sender_id, latest_content FROM participant_table"
+    )
+    copied = {
+        (r["id"], r["user_id"]): (
+            r["title"],
+            r["is_group"],
+            r["peer_id"],
+            r["latest_seq"],
+            r["message_id"],
+            r["latest_sender_id"],
+            r["latest_content"],
+        )
+        for r in rows
+    }
+    assert copied == {
+        (direct, "a"): ("", False, "b", 7, latest, "b", "hi"),
+        (direct, "b"): ("", False, "a", 7, latest, "b", "hi"),
+        (group, "a"): ("Team", True, "c", 0, None, None, None),
+        (group, "c"): ("Team", True, "a", 0, None, None, None),
+        (group, "d"): ("Team", True, "a", 0, None, None, None),
+    }
+    columns = empty_database.run_sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'conversation_table'"
+    )
+    assert not {r["column_name"] for r in columns} & {"latest_message_id", "latest_sender_id", "latest_content"}

@@ -169,6 +169,35 @@ def test_conversation_list_rows(rest: Rest, sockets: Sockets) -> None:
     assert bob_rows[0]["isRead"] is True and bob_rows[0]["unreadCount"] == 0
 
 
+def test_group_rows_show_title_latest_and_first_other_member(rest: Rest, sockets: Sockets) -> None:
+    # Labels sort as carol < dave < erin < frank, whatever the random suffixes.
+    carol, dave, erin, frank = new_user("carol"), new_user("dave"), new_user("erin"), new_user("frank")
+    team = rest.group(erin, [frank, carol, dave], "Launch")
+    sent = sockets.message(sockets.connect(frank), team, "ship it")
+    for member, shown in ((carol, dave), (dave, carol), (erin, carol), (frank, carol)):
+        row = rest.json("GET", "/conversations", member)[1][0]
+        unread = 0 if member == frank else 1
+        assert row == {
+            "conversationId": team,
+            "title": "Launch",
+            "isGroup": True,
+            "sentAt": sent["sentAt"],
+            "latestContent": "ship it",
+            "senderId": frank,
+            "isRead": unread == 0,
+            "participantId": shown,
+            "unreadCount": unread,
+            "latestMessageId": sent["messageId"],
+        }, member
+
+
+def test_a_user_in_no_conversation_lists_nothing(rest: Rest) -> None:
+    response = rest.call("GET", "/conversations?limit=5", new_user("loner"))
+    assert response.status_code == 200 and json.loads(response.body) == []
+    assert "X-Next-Cursor" not in response.headers
+    assert rest.json("GET", "/conversations", new_user("loner"))[1] == []
+
+
 def test_is_read_filter_and_its_validation(rest: Rest, sockets: Sockets) -> None:
     alice, bob, carol = new_user("alice"), new_user("bob"), new_user("carol")
     unread = rest.direct(alice, bob)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
-from chalicelib.wire import Push, StoredMessage, iso, plan_echo, plan_new_message, plan_read
+from chalicelib.sql import query
+from chalicelib.wire import (
+    CONVERSATION_ROW_FIELDS,
+    Push,
+    StoredMessage,
+    conversation_row_body,
+    conversation_row_key,
+    iso,
+    plan_echo,
+    plan_new_message,
+    plan_read,
+)
 
 SENT = datetime(2026, 11, 28, 10, 33, 11, 123456, tzinfo=UTC)
 MESSAGE = StoredMessage("m-1", "c-1", "alice", "t-1", "hi", SENT)
@@ -70,3 +82,41 @@ def test_read_that_moved_nothing_is_acknowledged_to_its_connection_only() -> Non
 def test_reading_connection_is_answered_even_if_the_registry_lost_it() -> None:
     pushes = plan_read("c-1", "bob", ["bob"], {"bob": []}, "b9", ("m-1", SENT))
     assert [p.connection_id for p in pushes] == ["b9"]
+
+
+def test_the_list_query_emits_rows_in_the_order_wire_unpacks_them() -> None:
+    built = re.search(r"json_build_array\((.*?)\)", query("list_user_conversations"), re.S)
+    assert built, "list_user_conversations no longer builds positional rows"
+    emitted = [cell.strip().removeprefix("page.") for cell in built.group(1).split(",")]
+    assert tuple(emitted) == CONVERSATION_ROW_FIELDS
+
+
+def test_conversation_row_body_and_key_read_the_positional_row() -> None:
+    values = {
+        "conversation_id": "c-1",
+        "title": "Team",
+        "is_group": True,
+        "last_activity_at": SENT,
+        "unread_count": 3,
+        "latest_message_id": "m-9",
+        "latest_sender_id": "bob",
+        "latest_content": "hi",
+        "peer_id": "alice",
+    }
+    row = [values[field] for field in CONVERSATION_ROW_FIELDS]
+    assert conversation_row_body(row) == {
+        "conversationId": "c-1",
+        "title": "Team",
+        "isGroup": True,
+        "sentAt": "2026-11-28T10:33:11.123Z",
+        "latestContent": "hi",
+        "senderId": "bob",
+        "isRead": False,
+        "participantId": "alice",
+        "unreadCount": 3,
+        "latestMessageId": "m-9",
+    }
+    assert conversation_row_key(row) == (SENT, "c-1")
+    empty = [{**values, "latest_message_id": None, "unread_count": 0}[field] for field in CONVERSATION_ROW_FIELDS]
+    body = conversation_row_body(empty)
+    assert (body["latestContent"], body["senderId"], body["isRead"], body["latestMessageId"]) == ("", "", True, None)

@@ -1,12 +1,11 @@
 -- name: send_message
--- Store a message at the conversation's next position, make it the conversation's latest
--- (the list reads it from there) and bump every participant's activity.
+-- Store a message at the conversation's next position and make it every participant's latest
+-- (activity time, position, id, sender, content: what the conversation list reads, sql/0004).
 -- Atomic: a duplicate tempMessageId (unique violation) rolls back the position too, so
 -- positions stay dense. No row means the sender is not a participant.
 WITH allocated AS (
     UPDATE conversation_table c
-    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp(),
-        latest_message_id = :message_id, latest_sender_id = :sender_id, latest_content = :content
+    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp()
     WHERE c.conversation_id = :conversation_id
       AND EXISTS (
           SELECT 1 FROM participant_table p
@@ -22,6 +21,8 @@ WITH allocated AS (
 ), touched AS (
     UPDATE participant_table p
     SET last_activity_at = i.sent_at,
+        latest_seq = i.seq, latest_message_id = i.message_id,
+        latest_sender_id = :sender_id, latest_content = :content,
         last_read_seq = CASE WHEN p.user_id = :sender_id
                              THEN GREATEST(p.last_read_seq, i.seq) ELSE p.last_read_seq END,
         last_read_at = CASE WHEN p.user_id = :sender_id THEN i.sent_at ELSE p.last_read_at END

@@ -1,0 +1,48 @@
+-- 0004: each participant row carries what its member's conversation list shows (an inbox row).
+--
+-- With 0003 the list read participant -> conversation: one primary-key probe of conversation_table
+-- per listed row (500 for a heavy user) and, for groups, one more lookup of another member. Now a
+-- user's list is one range of participant_user_activity_idx and the rows it points to; nothing else.
+--
+-- * title, is_group and peer_id (the member shown as participantId: a direct conversation's other
+--   member, a group's first other member by id) are written when the conversation is created and
+--   never change: there is no rename and membership is fixed at creation.
+-- * latest_seq and the latest message's id, sender and content are written by send_message in the
+--   UPDATE that already bumps every participant's last_activity_at (so no extra row or statement),
+--   from the position allocated under the conversation row's lock: they cannot disagree with
+--   conversation_table.last_seq, which stays the allocator. unreadCount = latest_seq - last_read_seq.
+-- * The conversation row's copy of the latest message (0003) has no reader left and is dropped, so
+--   content is not written twice. Run this migration together with deploying the code that expects
+--   it: the previous code's send_message writes the dropped columns and fails (an error frame; the
+--   client's retry with the same tempMessageId is idempotent) until the new code is live.
+
+ALTER TABLE participant_table
+    ADD COLUMN title             text    NOT NULL DEFAULT '',
+    ADD COLUMN is_group          boolean NOT NULL DEFAULT false,
+    ADD COLUMN peer_id           text,
+    ADD COLUMN latest_seq        bigint  NOT NULL DEFAULT 0,
+    ADD COLUMN latest_message_id uuid,
+    ADD COLUMN latest_sender_id  text,
+    ADD COLUMN latest_content    text;
+
+-- Existing rows: copy from their conversation once.
+UPDATE participant_table p
+SET title = c.title,
+    is_group = c.is_group,
+    peer_id = CASE
+        WHEN NOT c.is_group THEN
+            CASE WHEN c.direct_user_low = p.user_id THEN c.direct_user_high ELSE c.direct_user_low END
+        ELSE (SELECT min(o.user_id) FROM participant_table o
+              WHERE o.conversation_id = p.conversation_id AND o.user_id <> p.user_id)
+    END,
+    latest_seq = c.last_seq,
+    latest_message_id = c.latest_message_id,
+    latest_sender_id = c.latest_sender_id,
+    latest_content = c.latest_content
+FROM conversation_table c
+WHERE c.conversation_id = p.conversation_id;
+
+ALTER TABLE conversation_table
+    DROP COLUMN latest_message_id,
+    DROP COLUMN latest_sender_id,
+    DROP COLUMN latest_content;
