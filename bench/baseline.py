@@ -101,7 +101,7 @@ class NaiveChat:
         rows = self._db.run_sql(
             sql("baseline_message_page"), conversation_id=conversation_id, offset=offset, limit=limit
         )
-        return [message_body(row) for row in rows]
+        return [message_body(row, caller) for row in rows]
 
     # --- WebSocket ---------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ class ChatService:
         # Rows come newest first; "after" pages and order=asc read oldest first.
         if page.order == "asc" or (page.after is not None and "order" not in params):
             rows.reverse()
-        return [message_body(row) for row in rows]
+        return [message_body(row, caller) for row in rows]
 
     def conversation_participants(self, caller: str, conversation_id: str) -> list[str]:
         conversation_id = parse_uuid(conversation_id, "conversationId")

@@ -59,7 +59,13 @@ class Push:
 # --- REST bodies -----------------------------------------------------------------------
 
 
-def message_body(row: Mapping[str, Any]) -> JSONObject:
+def message_body(row: Mapping[str, Any], caller: str) -> JSONObject:
+    """One message of a history page.
+
+    Extension: the caller's own messages carry their ``tempMessageId``, so a client that lost a
+    send's echo and reloads history can settle its pending copy by that id instead of showing
+    the stored message beside it. Other people's ids are not shown.
+    """
     body: JSONObject = {
         "messageId": str(row["message_id"]),
         "conversationId": str(row["conversation_id"]),
@@ -69,6 +75,8 @@ def message_body(row: Mapping[str, Any]) -> JSONObject:
     }
     if row.get("seq") is not None:
         body["position"] = int(row["seq"])
+    if row.get("temp_message_id") is not None and row["sender_id"] == caller:
+        body["tempMessageId"] = row["temp_message_id"]
     return body
 
 

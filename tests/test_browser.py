@@ -384,6 +384,54 @@ def test_a_send_whose_echo_is_lost_settles_on_reconnect_as_one_message(
     assert stored_contents(server, alice_user, conversation_id) == ["Echo lost", "After the reconnect"]
 
 
+def test_history_settles_a_send_whose_echo_and_resend_were_both_lost(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    """Only the catch-up after the reconnect can tell the client that its message was stored: the echo is cut
+    and the resend never reaches the server. History carries the message's tempMessageId (for its sender), so
+    the pending copy becomes the stored one: one message, sent, never shown twice or failed."""
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    context = new_context()
+    seen = {"echo_cut": False, "resends_dropped": 0}
+
+    def route(page_side: WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+
+        def from_page(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if seen["echo_cut"] and data.get("action") == "send-message" and data.get("content") == "Stored once":
+                seen["resends_dropped"] += 1
+                return
+            server_side.send(frame)
+
+        def from_server(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if not seen["echo_cut"] and data.get("type") == "new-message" and data.get("content") == "Stored once":
+                seen["echo_cut"] = True
+                server_side.close()
+                page_side.close(code=1011, reason="connection lost")
+                return
+            page_side.send(frame)
+
+        page_side.on_message(from_page)
+        server_side.on_message(from_server)
+
+    context.route_web_socket(re.compile(r"^wss?://"), route)
+    alice = sign_in(server, context, alice_user)
+    conversation_item(alice, conversation_id).click()
+    expect(alice.get_by_test_id("history-status")).to_have_text("No messages yet — say hello.")
+
+    send(alice, "Stored once")
+    expect(alice.get_by_test_id("connection-status")).to_have_attribute("data-state", "online")
+    expect(messages(alice)).to_have_count(1)
+    expect(message(alice, "Stored once")).to_have_attribute("data-state", "sent")
+    assert seen == {"echo_cut": True, "resends_dropped": 1}
+    alice.wait_for_timeout(500)  # a pending copy left behind would now reappear as "sending" or "failed"
+    expect(messages(alice)).to_have_count(1)
+    assert stored_contents(server, alice_user, conversation_id) == ["Stored once"]
+
+
 def test_scrolling_up_loads_older_pages_in_order(
     server: LocalServer, new_context: Callable[..., BrowserContext]
 ) -> None:

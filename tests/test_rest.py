@@ -274,6 +274,17 @@ def test_message_pages_by_cursor(rest: Rest, history: tuple[str, str, list[dict[
     assert ids(rest.json("GET", f"{path}?after={sent[2]['messageId']}&limit=2", alice)[1]) == ids(sent[3:5])
 
 
+def test_own_messages_carry_their_temp_id_and_others_do_not(
+    rest: Rest, history: tuple[str, str, list[dict[str, Any]]]
+) -> None:
+    alice, conversation_id, sent = history
+    bob = sent[0]["senderId"]
+    path = f"/conversations/{conversation_id}/messages?limit=5"
+    own = rest.json("GET", path, bob)[1]
+    assert [m["tempMessageId"] for m in own] == [f["tempMessageId"] for f in reversed(sent[-5:])]
+    assert all("tempMessageId" not in m for m in rest.json("GET", path, alice)[1])
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -44,7 +44,7 @@ WHERE m.conversation_id = :conversation_id
 
 -- name: messages_in_seq_range
 -- Messages whose position lies in (low, high], newest first.
-SELECT message_id, conversation_id, sender_id, content, sent_at, seq
+SELECT message_id, conversation_id, sender_id, content, sent_at, seq, temp_message_id
 FROM message_table
 WHERE conversation_id = :conversation_id AND seq > :low AND seq <= :high
 ORDER BY seq DESC;

@@ -339,11 +339,17 @@ async function renderConversationHeader() {
   }
 }
 
-/** Merges confirmed messages (any order) into the open conversation, skipping known ids. */
+/**
+ * Merges confirmed messages (any order) into the open conversation, skipping known ids. A stored message
+ * that carries the tempMessageId of one of ours still pending (history after a lost echo) settles it: it
+ * takes over the pending copy's place instead of showing beside it.
+ */
 function addMessages(messages) {
   let added = 0;
   for (const message of messages) {
-    if (!message || !message.messageId || state.known.has(message.messageId)) continue;
+    if (!message || !message.messageId) continue;
+    settlePending(message);
+    if (state.known.has(message.messageId)) continue;
     state.known.add(message.messageId);
     let index = state.messages.length;
     while (index > 0 && sortsAfter(state.messages[index - 1], message)) index -= 1;
@@ -351,6 +357,13 @@ function addMessages(messages) {
     added += 1;
   }
   return added;
+}
+
+function settlePending(message) {
+  const pending = message.tempMessageId ? state.pending.get(message.tempMessageId) : undefined;
+  if (!pending || pending.conversationId !== message.conversationId) return;
+  clearTimeout(pending.timer);
+  state.pending.delete(message.tempMessageId);
 }
 
 /** The server's per-conversation `position` when both have one (one order for every reader), else sentAt. */
@@ -535,11 +548,7 @@ function onNewMessage(frame) {
   if (!messageId || !conversationId) return;
   const mine = senderId === session.username;
 
-  const pending = tempMessageId ? state.pending.get(tempMessageId) : undefined;
-  if (pending && pending.conversationId === conversationId) {
-    clearTimeout(pending.timer);
-    state.pending.delete(tempMessageId);
-  }
+  settlePending(frame);
 
   const firstSighting = !state.seen.has(messageId);
   state.seen.add(messageId);
