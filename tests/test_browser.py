@@ -342,6 +342,42 @@ def test_a_dropped_socket_reconnects_catches_up_and_retries_without_duplicates(
     assert len(contents(alice)) == 4
 
 
+class EchoCutter:
+    """Routes a context's WebSockets so the first echo of ``content`` is lost with its socket (the server has
+    stored the message; the client never hears so). With ``drop_resends`` the client's later sends of the same
+    content never reach the server either, so only the catch-up over REST can tell the client it was stored."""
+
+    def __init__(self, context: BrowserContext, content: str, *, drop_resends: bool = False) -> None:
+        self.content = content
+        self.drop_resends = drop_resends
+        self.echo_cut = False
+        self.resends_dropped = 0
+        context.route_web_socket(re.compile(r"^wss?://"), self._route)
+
+    def _route(self, page_side: WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+
+        def from_page(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if self.echo_cut and data.get("action") == "send-message" and data.get("content") == self.content:
+                self.resends_dropped += 1
+                return
+            server_side.send(frame)
+
+        def from_server(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if not self.echo_cut and data.get("type") == "new-message" and data.get("content") == self.content:
+                self.echo_cut = True
+                server_side.close()
+                page_side.close(code=1011, reason="connection lost")
+                return
+            page_side.send(frame)
+
+        if self.drop_resends:
+            page_side.on_message(from_page)
+        server_side.on_message(from_server)
+
+
 def test_a_send_whose_echo_is_lost_settles_on_reconnect_as_one_message(
     server: LocalServer, new_context: Callable[..., BrowserContext]
 ) -> None:
@@ -350,23 +386,7 @@ def test_a_send_whose_echo_is_lost_settles_on_reconnect_as_one_message(
     alice_user, bob_user = new_user("alice"), new_user("bob")
     conversation_id = server.direct(server.token(bob_user), alice_user)
     context = new_context()
-    cut = {"armed": True}
-
-    def route(page_side: WebSocketRoute) -> None:
-        server_side = page_side.connect_to_server()
-
-        def from_server(frame: str | bytes) -> None:
-            data = json.loads(frame)
-            if cut["armed"] and data.get("type") == "new-message" and data.get("content") == "Echo lost":
-                cut["armed"] = False
-                server_side.close()
-                page_side.close(code=1011, reason="connection lost")
-                return
-            page_side.send(frame)
-
-        server_side.on_message(from_server)
-
-    context.route_web_socket(re.compile(r"^wss?://"), route)
+    cutter = EchoCutter(context, "Echo lost")
     alice = sign_in(server, context, alice_user)
     bob = sign_in(server, new_context(), bob_user)
     conversation_item(alice, conversation_id).click()
@@ -376,7 +396,7 @@ def test_a_send_whose_echo_is_lost_settles_on_reconnect_as_one_message(
     send(alice, "Echo lost")
     expect(message(bob, "Echo lost")).to_be_visible()  # stored and pushed to Bob; Alice's echo was cut
     expect(message(alice, "Echo lost")).to_have_attribute("data-state", "sent")
-    assert cut == {"armed": False}
+    assert cutter.echo_cut
     assert contents(alice) == ["Echo lost"]
     send(alice, "After the reconnect")
     expect(message(bob, "After the reconnect")).to_be_visible()
@@ -393,31 +413,7 @@ def test_history_settles_a_send_whose_echo_and_resend_were_both_lost(
     alice_user, bob_user = new_user("alice"), new_user("bob")
     conversation_id = server.direct(server.token(bob_user), alice_user)
     context = new_context()
-    seen = {"echo_cut": False, "resends_dropped": 0}
-
-    def route(page_side: WebSocketRoute) -> None:
-        server_side = page_side.connect_to_server()
-
-        def from_page(frame: str | bytes) -> None:
-            data = json.loads(frame)
-            if seen["echo_cut"] and data.get("action") == "send-message" and data.get("content") == "Stored once":
-                seen["resends_dropped"] += 1
-                return
-            server_side.send(frame)
-
-        def from_server(frame: str | bytes) -> None:
-            data = json.loads(frame)
-            if not seen["echo_cut"] and data.get("type") == "new-message" and data.get("content") == "Stored once":
-                seen["echo_cut"] = True
-                server_side.close()
-                page_side.close(code=1011, reason="connection lost")
-                return
-            page_side.send(frame)
-
-        page_side.on_message(from_page)
-        server_side.on_message(from_server)
-
-    context.route_web_socket(re.compile(r"^wss?://"), route)
+    cutter = EchoCutter(context, "Stored once", drop_resends=True)
     alice = sign_in(server, context, alice_user)
     conversation_item(alice, conversation_id).click()
     expect(alice.get_by_test_id("history-status")).to_have_text("No messages yet — say hello.")
@@ -426,7 +422,7 @@ def test_history_settles_a_send_whose_echo_and_resend_were_both_lost(
     expect(alice.get_by_test_id("connection-status")).to_have_attribute("data-state", "online")
     expect(messages(alice)).to_have_count(1)
     expect(message(alice, "Stored once")).to_have_attribute("data-state", "sent")
-    assert seen == {"echo_cut": True, "resends_dropped": 1}
+    assert cutter.echo_cut and cutter.resends_dropped == 1
     alice.wait_for_timeout(500)  # a pending copy left behind would now reappear as "sending" or "failed"
     expect(messages(alice)).to_have_count(1)
     assert stored_contents(server, alice_user, conversation_id) == ["Stored once"]
