@@ -31,11 +31,11 @@ soak: $(READY)
 ## lint: ruff and mypy --strict
 lint: $(READY)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check chalicelib local app.py
-	$(BIN)/mypy --strict chalicelib local app.py
+	$(BIN)/ruff format --check chalicelib local tools app.py
+	$(BIN)/mypy --strict chalicelib local tools app.py
 
 format: $(READY)
-	$(BIN)/ruff format chalicelib local app.py
+	$(BIN)/ruff format chalicelib local tools app.py
 	$(BIN)/ruff check --fix .
 
 ## bench: seed (or reuse) a 1M-message dataset and measure every hot path beside the naive design
@@ -51,10 +51,12 @@ $(VENV)/.bench-ready: bench/requirements.txt
 migrate: $(READY)
 	$(BIN)/python -m chalicelib.migrations
 
-## package: the CloudFormation/SAM template, as `chalice deploy` would build it, into build/
+## package: the CloudFormation/SAM template, as `chalice deploy` would build it, into build/, with the
+##          deployment zip's modules precompiled (Lambda cannot cache bytecode; see tools/precompile_package.py)
 package: $(READY)
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $${STAGE:-dev} \
 		--merge-template .chalice/merge-template.json build/
+	$(BIN)/python tools/precompile_package.py build/
 	$(BIN)/cfn-lint build/sam.json
 
 clean:

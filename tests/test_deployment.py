@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from local.identity import LocalIdentityProvider
+
 ROOT = Path(__file__).resolve().parent.parent
+ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TEST"
 BIN = Path(sys.executable).parent
 
 
@@ -30,6 +36,10 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         check=True,
         capture_output=True,
         timeout=600,
+    )
+    # As `make package` does: bytecode into the zip (tools/precompile_package.py).
+    subprocess.run(
+        [sys.executable, "tools/precompile_package.py", str(out)], cwd=ROOT, check=True, capture_output=True
     )
     return out, json.loads((out / "sam.json").read_text())
 
@@ -92,3 +102,78 @@ def test_gateway_errors_keep_the_error_shape_and_cors(template: tuple[Path, dict
     for kind in ("DEFAULT_4XX", "DEFAULT_5XX"):
         assert "gatewayresponse.header.Access-Control-Allow-Origin" in responses[kind]["responseParameters"]
         assert '"Code"' in responses[kind]["responseTemplates"]["application/json"]
+
+
+def test_every_module_ships_checked_hash_bytecode_of_its_own_source(template: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = template
+    with zipfile.ZipFile(out / "deployment.zip") as package:
+        names = set(package.namelist())
+        sources = [name for name in names if name.endswith(".py")]
+        assert "app.py" in sources and "chalicelib/wire.py" in sources
+        for source in sources:
+            folder, _, module = source.rpartition("/")
+            cached = f"{folder}/__pycache__/{module[:-3]}.{sys.implementation.cache_tag}.pyc".lstrip("/")
+            assert cached in names, source
+            header = package.read(cached)[:16]
+            assert header[:4] == importlib.util.MAGIC_NUMBER, source
+            assert int.from_bytes(header[4:8], "little") == 0b11, source  # hash-based and checked
+            assert header[8:16] == importlib.util.source_hash(package.read(source)), source
+
+
+# Counts the modules Python compiles from source (SourceLoader.source_to_code runs only when no valid bytecode
+# is found), then imports what a REST and a WebSocket handler build on first use.
+_IMPORT_PROBE = """
+import importlib._bootstrap_external as loading, json, os, sys
+compiled = []
+original = loading.SourceLoader.source_to_code
+def counting(self, data, path, **kwargs):
+    compiled.append(path)
+    return original(self, data, path, **kwargs)
+loading.SourceLoader.source_to_code = counting
+sys.path.insert(0, os.getcwd())
+import app
+from chalicelib import wiring
+wiring.get_service()
+wiring.get_registry()
+wiring.get_verifier()
+wiring.get_pusher(wiring.connections_endpoint("abc.execute-api.us-east-1.amazonaws.com", "prod"))
+package = os.getcwd() + os.sep
+print(json.dumps([path for path in compiled if path.startswith(package)]))
+"""
+
+
+def test_the_package_imports_from_a_read_only_folder_without_compiling(
+    template: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """What Lambda does: unpack into a folder Python cannot write to, then import the handler."""
+    out, _ = template
+    task = tmp_path / "task"
+    with zipfile.ZipFile(out / "deployment.zip") as package:
+        package.extractall(task)
+    for path in [task, *task.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "COGNITO_USER_POOL_ID": "us-east-1_TEST",
+        "COGNITO_APP_CLIENT_ID": "test",
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "JWKS_JSON": json.dumps(LocalIdentityProvider(ISSUER, "test").jwks()),
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _IMPORT_PROBE],
+            cwd=task,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        for path in [task, *task.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
