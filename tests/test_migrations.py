@@ -100,21 +100,26 @@ def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_databa
         (tmp_path / migration).write_text((ROOT / "sql" / migration).read_text(encoding="utf-8"))
     apply_migrations(empty_database, tmp_path)
     direct, group, latest = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    long_chat, long_latest = str(uuid.uuid4()), str(uuid.uuid4())
     empty_database.run_sql(
         "INSERT INTO conversation_table (conversation_id, title, is_group, created_by, last_seq, direct_user_low,"
         " direct_user_high, latest_message_id, latest_sender_id, latest_content)"
         " VALUES (:direct, '', false, 'a', 7, 'a', 'b', :latest, 'b', 'hi'),"
-        " (:group, 'Team', true, 'c', 0, NULL, NULL, NULL, NULL, NULL)",
+        " (:group, 'Team', true, 'c', 0, NULL, NULL, NULL, NULL, NULL),"
+        " (:long_chat, '', false, 'e', 1, 'e', 'f', :long_latest, 'e', repeat('x', 401))",
         direct=direct,
         group=group,
         latest=latest,
+        long_chat=long_chat,
+        long_latest=long_latest,
     )
     empty_database.run_sql(
         "INSERT INTO participant_table (conversation_id, user_id, last_read_seq, last_activity_at)"
         " VALUES (:direct, 'a', 5, now()), (:direct, 'b', 7, now()),"
-        " (:group, 'c', 0, now()), (:group, 'a', 0, now()), (:group, 'd', 0, now())",
+        " (:group, 'c', 0, now()), (:group, 'a', 0, now()), (:group, 'd', 0, now()), (:long_chat, 'e', 1, now())",
         direct=direct,
         group=group,
+        long_chat=long_chat,
     )
     (tmp_path / "0004_inbox.sql").write_text((ROOT / "sql" / "0004_inbox.sql").read_text(encoding="utf-8"))
     apply_migrations(empty_database, tmp_path)
@@ -140,6 +145,8 @@ def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_databa
         (group, "a"): ("Team", True, "c", 0, None, None, None),
         (group, "c"): ("Team", True, "a", 0, None, None, None),
         (group, "d"): ("Team", True, "a", 0, None, None, None),
+        # Content over 400 characters stays in message_table only.
+        (long_chat, "e"): ("", False, "f", 1, long_latest, "e", None),
     }
     columns = empty_database.run_sql(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'conversation_table'"

@@ -191,6 +191,18 @@ def test_group_rows_show_title_latest_and_first_other_member(rest: Rest, sockets
         }, member
 
 
+def test_long_latest_messages_are_listed_whole(rest: Rest, sockets: Sockets) -> None:
+    # Content over 400 characters is not copied onto participant rows (sql/0004); the list reads it whole.
+    alice, bob = new_user("alice"), new_user("bob")
+    chat = rest.direct(alice, bob)
+    conn = sockets.connect(bob)
+    for content in ("a" * 400, "é" * 401, "b" * 4000, "short again"):
+        sent = sockets.message(conn, chat, content)
+        for user in (alice, bob):
+            row = rest.json("GET", "/conversations", user)[1][0]
+            assert (row["latestContent"], row["latestMessageId"]) == (content, sent["messageId"]), (user, len(content))
+
+
 def test_a_user_in_no_conversation_lists_nothing(rest: Rest) -> None:
     response = rest.call("GET", "/conversations?limit=5", new_user("loner"))
     assert response.status_code == 200 and json.loads(response.body) == []

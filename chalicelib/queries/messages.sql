@@ -1,6 +1,6 @@
 -- name: send_message
 -- Store a message at the conversation's next position and make it every participant's latest
--- (activity time, position, id, sender, content: what the conversation list reads, sql/0004).
+-- (activity time, position, id, sender, content up to 400 characters: what the list reads, sql/0004).
 -- Atomic: a duplicate tempMessageId (unique violation) rolls back the position too, so
 -- positions stay dense. No row means the sender is not a participant.
 WITH allocated AS (
@@ -17,12 +17,14 @@ WITH allocated AS (
         (message_id, conversation_id, seq, sender_id, temp_message_id, content, sent_at)
     SELECT :message_id, :conversation_id, a.seq, :sender_id, :temp_message_id, :content, a.sent_at
     FROM allocated a
-    RETURNING message_id, seq, sent_at
+    RETURNING message_id, seq, sent_at,
+              -- Long content is not copied into every member's row; the list reads it from here.
+              CASE WHEN char_length(content) <= 400 THEN content END AS list_content
 ), touched AS (
     UPDATE participant_table p
     SET last_activity_at = i.sent_at,
         latest_seq = i.seq, latest_message_id = i.message_id,
-        latest_sender_id = :sender_id, latest_content = :content,
+        latest_sender_id = :sender_id, latest_content = i.list_content,
         last_read_seq = CASE WHEN p.user_id = :sender_id
                              THEN GREATEST(p.last_read_seq, i.seq) ELSE p.last_read_seq END,
         last_read_at = CASE WHEN p.user_id = :sender_id THEN i.sent_at ELSE p.last_read_at END
