@@ -15,14 +15,13 @@ from typing import Any
 from chalicelib.db import Database, Row, parse_timestamptz
 from chalicelib.errors import CONVERSATION_NOT_FOUND, BadRequest, Conflict, NotFound
 from chalicelib.validation import ListCursor, MessagePageQuery, NewConversation
-from chalicelib.wire import CONVERSATION_ROW_FIELDS, StoredMessage
+from chalicelib.wire import CONVERSATION_ROW_ACTIVITY, StoredMessage
 
 # API Gateway closes every WebSocket connection after 2 hours; an older row is a missed $disconnect.
 MAX_CONNECTION_AGE_S = 2 * 3600
 
 # Sorts after every real (activity, id) pair: the first page's cursor.
 _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-ffff-ffffffffffff")
-_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ class ChatRepository:
         )[0]["page"]
         rows: list[list[Any]] = page or []  # json_agg of no rows is NULL
         for row in rows:  # json carries the time as text
-            row[_ROW_ACTIVITY] = parse_timestamptz(row[_ROW_ACTIVITY])
+            row[CONVERSATION_ROW_ACTIVITY] = parse_timestamptz(row[CONVERSATION_ROW_ACTIVITY])
         return rows
 
     # --- connections (the durable copy of the registry's connection -> user) -----------

@@ -95,13 +95,14 @@ CONVERSATION_ROW_FIELDS = (
     "peer_id",
 )
 ConversationRow = Sequence[Any]
+# Where the activity time sits: json carries it as text, and the repository parses it in place.
+CONVERSATION_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
 _ROW_ID = CONVERSATION_ROW_FIELDS.index("conversation_id")
-_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
 
 
 def conversation_row_key(row: ConversationRow) -> tuple[datetime, str]:
     """(activity time, conversation id): where the list's keyset cursor resumes after this row."""
-    return row[_ROW_ACTIVITY], str(row[_ROW_ID])
+    return row[CONVERSATION_ROW_ACTIVITY], str(row[_ROW_ID])
 
 
 def conversation_row_body(row: ConversationRow) -> JSONObject:

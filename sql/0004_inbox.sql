@@ -18,8 +18,9 @@
 --   against 1.4 ms. 400 characters keep the row under PostgreSQL's 2 kB TOAST threshold.
 -- * The conversation row's copy of the latest message (0003) has no reader left and is dropped, so
 --   content is not written twice. Run this migration together with deploying the code that expects
---   it: the previous code's send_message writes the dropped columns and fails (an error frame; the
---   client's retry with the same tempMessageId is idempotent) until the new code is live.
+--   it: until both are live, the previous code's list and send queries (which read or write the
+--   dropped columns) fail: a 500 on the list, an error frame on a send, whose retry with the same
+--   tempMessageId stores the message once.
 
 ALTER TABLE participant_table
     ADD COLUMN title             text    NOT NULL DEFAULT '',
