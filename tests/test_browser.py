@@ -29,7 +29,7 @@ from tests.conftest import new_user
 from tests.local_server import ROOT, LocalServer, session_server
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute
+    from playwright.sync_api import APIResponse, Browser, BrowserContext, Locator, Page, Route, WebSocketRoute
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -426,6 +426,45 @@ def test_history_settles_a_send_whose_echo_and_resend_were_both_lost(
     alice.wait_for_timeout(500)  # a pending copy left behind would now reappear as "sending" or "failed"
     expect(messages(alice)).to_have_count(1)
     assert stored_contents(server, alice_user, conversation_id) == ["Stored once"]
+
+
+def test_a_list_response_older_than_a_push_does_not_undo_it(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    """Signing in loads the list twice (at sign-in and when the socket opens). Hold the second response, taken
+    before Bob's next message, until that message has arrived live: released late, it must not put the older
+    latest message back in the list."""
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    send_as(server, bob_user, conversation_id, "Earlier")
+    context = new_context()
+    held: list[tuple[Route, APIResponse]] = []
+    seen = {"lists": 0}
+
+    def hold_second_list(route: Route) -> None:
+        seen["lists"] += 1
+        if seen["lists"] == 2:
+            held.append((route, route.fetch()))  # answered now, delivered later
+        else:
+            route.continue_()
+
+    context.route(re.compile(r"/conversations$"), hold_second_list)
+    alice = sign_in(server, context, alice_user)
+    preview = conversation_item(alice, conversation_id).get_by_test_id("conversation-preview")
+    expect(preview).to_have_text("Earlier")
+    for _ in range(100):  # the socket's open has asked for the list again: wait until that request is held
+        if held:
+            break
+        alice.wait_for_timeout(50)
+    assert len(held) == 1, seen
+
+    send_as(server, bob_user, conversation_id, "Later")
+    expect(preview).to_have_text("Later")
+    route, stale = held[0]
+    route.fulfill(response=stale)
+    alice.wait_for_timeout(500)  # the stale list is handled now
+    expect(preview).to_have_text("Later")
+    expect(conversation_item(alice, conversation_id).get_by_test_id("unread-badge")).to_have_text("2")
 
 
 def test_scrolling_up_loads_older_pages_in_order(

@@ -83,6 +83,7 @@ function freshState() {
     pending: new Map(), // tempMessageId -> own message not yet confirmed
     openId: null,
     openGeneration: 0, // bumps on every open/close; late responses for another view are dropped
+    listChanges: 0, // bumps when a push or a local action changes the list (see refreshConversations)
     messages: [], // confirmed messages of the open conversation, oldest first
     known: new Set(), // their messageIds
     hasOlder: false,
@@ -156,6 +157,7 @@ function showSignIn(name, error) {
 
 async function refreshConversations() {
   const user = session.username;
+  const changesAtStart = state.listChanges;
   let rows;
   try {
     rows = await api.listConversations();
@@ -164,6 +166,12 @@ async function refreshConversations() {
     return;
   }
   if (session.username !== user || !Array.isArray(rows)) return;
+  if (state.listChanges !== changesAtStart && state.conversations.size > 0) {
+    // A push (or our own read) changed the list while this response was on its way, so the response may
+    // predate it and would put an older latest message back. Keep the live state and ask again.
+    refreshConversationsSoon();
+    return;
+  }
   state.conversations = new Map(rows.map((row) => [row.conversationId, row]));
   for (const row of rows) if (row.latestMessageId) state.seen.add(row.latestMessageId);
   const open = state.conversations.get(state.openId);
@@ -517,6 +525,7 @@ function retry(tempMessageId) {
 /** The server reads everything so far as read; the badge clears at once (and in other tabs by push). */
 function markRead(conversationId) {
   socket.send({ action: "read-messages", conversationId });
+  state.listChanges += 1;
   const row = state.conversations.get(conversationId);
   if (row) {
     row.isRead = true;
@@ -547,6 +556,7 @@ function onNewMessage(frame) {
   const { messageId, tempMessageId, conversationId, senderId, content, sentAt, position } = frame;
   if (!messageId || !conversationId) return;
   const mine = senderId === session.username;
+  state.listChanges += 1;
 
   settlePending(frame);
 
@@ -581,6 +591,7 @@ function onReadMessages(frame) {
   const { conversationId, userId, lastReadMessageId, readAt } = frame;
   if (!conversationId) return;
   if (userId === session.username) {
+    state.listChanges += 1;
     const row = state.conversations.get(conversationId);
     if (row) {
       row.isRead = true;
