@@ -525,6 +525,10 @@ function retry(tempMessageId) {
 /** The server reads everything so far as read; the badge clears at once (and in other tabs by push). */
 function markRead(conversationId) {
   socket.send({ action: "read-messages", conversationId });
+  showAsRead(conversationId);
+}
+
+function showAsRead(conversationId) {
   state.listChanges += 1;
   const row = state.conversations.get(conversationId);
   if (row) {
@@ -591,13 +595,7 @@ function onReadMessages(frame) {
   const { conversationId, userId, lastReadMessageId, readAt } = frame;
   if (!conversationId) return;
   if (userId === session.username) {
-    state.listChanges += 1;
-    const row = state.conversations.get(conversationId);
-    if (row) {
-      row.isRead = true;
-      if (typeof row.unreadCount === "number") row.unreadCount = 0;
-      renderConversationList();
-    }
+    showAsRead(conversationId); // read in another tab or device of ours
     return;
   }
   if (!userId || !lastReadMessageId) return;
