@@ -168,7 +168,14 @@ async function refreshConversations() {
   if (session.username !== user || !Array.isArray(rows)) return;
   if (state.listChanges !== changesAtStart && state.conversations.size > 0) {
     // A push (or our own read) changed the list while this response was on its way, so the response may
-    // predate it and would put an older latest message back. Keep the live state and ask again.
+    // predate it and would put an older latest message back. Keep the live rows, take only conversations we
+    // did not know (so a busy stream of pushes cannot keep a new one out), and ask again.
+    for (const row of rows) {
+      if (state.conversations.has(row.conversationId)) continue;
+      state.conversations.set(row.conversationId, row);
+      if (row.latestMessageId) state.seen.add(row.latestMessageId);
+    }
+    renderConversationList();
     refreshConversationsSoon();
     return;
   }
