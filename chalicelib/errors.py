@@ -56,8 +56,14 @@ class PayloadTooLarge(ChatError):
 
 
 class TooManyRequests(ChatError):
+    """A limit was reached; ``retry_after_s`` says when trying again can succeed (REST: ``Retry-After``)."""
+
     code = "TooManyRequests"
     status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InternalError(ChatError):
