@@ -21,11 +21,12 @@ import pg8000.native
 from chalicelib.config import Settings
 from chalicelib.db import Database
 from chalicelib.errors import NotFound
+from chalicelib.model import ReadReceipt, StoredMessage
 from chalicelib.push import ConnectionsClient
 from chalicelib.registry import ConnectionRegistry
 from chalicelib.sql import parse_queries
-from chalicelib.validation import ReadMessages, SendMessage, parse_frame
-from chalicelib.wire import JSONObject, Push, StoredMessage, iso, message_body, plan_new_message, plan_read
+from chalicelib.validation import ReadMessages, SendMessage, parse_frame, parse_frame_object
+from chalicelib.wire import JSONObject, Push, iso, message_body, plan_new_message, plan_read
 
 HERE = Path(__file__).resolve().parent
 QUERIES = parse_queries((HERE / "baseline.sql").read_text(encoding="utf-8"))
@@ -62,6 +63,19 @@ def ensure_baseline(conn: pg8000.native.Connection, params: dict[str, Any], log:
     seconds = time.perf_counter() - started
     log(f"baseline: {read_rows:,} read-state rows; built in {seconds:.1f}s")
     return seconds
+
+
+def _message(row: dict[str, Any]) -> StoredMessage:
+    """A history row of the naive schema as the record our wire shapes render."""
+    return StoredMessage(
+        str(row["message_id"]),
+        str(row["conversation_id"]),
+        row["sender_id"],
+        row.get("temp_message_id") or "",
+        row["content"],
+        row["sent_at"],
+        int(row["seq"]) if row.get("seq") is not None else None,
+    )
 
 
 def list_row_body(row: dict[str, Any]) -> JSONObject:
@@ -101,7 +115,7 @@ class NaiveChat:
         rows = self._db.run_sql(
             sql("baseline_message_page"), conversation_id=conversation_id, offset=offset, limit=limit
         )
-        return [message_body(row, caller) for row in rows]
+        return [message_body(_message(row), caller) for row in rows]
 
     # --- WebSocket ---------------------------------------------------------------------
 
@@ -110,7 +124,7 @@ class NaiveChat:
         user = self._registry.touch(connection_id)
         if user is None:
             raise NotFound("unknown connection")
-        frame = parse_frame(body, self._settings)
+        frame = parse_frame(parse_frame_object(body, self._settings), self._settings)
         pushes: list[Push]
         if isinstance(frame, SendMessage):
             rows = self._db.run_sql(
@@ -139,7 +153,7 @@ class NaiveChat:
             participants = list(row["participant_ids"])
             if user not in participants:
                 raise NotFound("Conversation not found")
-            receipt = ("", datetime_now()) if row["marked"] else None
+            receipt = ReadReceipt("", datetime_now()) if row["marked"] else None
             connections = self._registry.connections_for(participants) if receipt else {}
             pushes = plan_read(frame.conversation_id, user, participants, connections, connection_id, receipt)
         else:

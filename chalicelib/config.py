@@ -11,9 +11,13 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 # conversation_table.title's CHECK constraint (sql/0001_initial.sql).
 TITLE_CHARS_IN_SCHEMA = 300
+
+PushClientName = Literal["signed", "boto3"]
+PUSH_CLIENTS: tuple[PushClientName, ...] = ("signed", "boto3")
 
 
 @dataclass(frozen=True)
@@ -65,16 +69,28 @@ class Settings:
     # Attempts per push: 429, 5xx and connection errors are retried with exponential backoff and jitter.
     push_max_attempts: int = 3
     # "signed": our lean SigV4 client (the fast path); "boto3": boto3's apigatewaymanagementapi client.
-    push_client: str = "signed"
+    push_client: PushClientName = "signed"
     # The whole fan-out of one frame ends by then; pushes still running are reported as failed.
     push_deadline_s: float = 5.0
     # Redis connect/read timeout: how long a registry call may stall before the degraded path runs.
     redis_timeout_s: float = 1.0
-    # Per-connection token bucket for send-message; a rate of 0 turns it off.
+    # Redis Cluster (ElastiCache Serverless, cluster-mode-enabled): REDIS_URL names any node or the
+    # configuration endpoint, and the client follows the slot map.
+    redis_cluster: bool = False
+    # Per-user token bucket for send-message, across connections and Lambdas; a rate of 0 turns it off.
     send_rate_per_s: float = 10.0
     send_burst: int = 20
+    # Live connections one user may hold; a $connect beyond it is refused (429). 0 turns the cap off.
+    max_connections_per_user: int = 10
+    # Per-user REST token buckets (chalicelib/limits.py); a rate of 0 turns one off.
+    create_conversation_rate_per_minute: float = 30.0
+    create_conversation_burst: int = 10
+    rest_rate_per_minute: float = 600.0
+    rest_burst: int = 100
     # Largest REST body or WebSocket frame the app parses at all.
     max_request_bytes: int = 65536
+    # MAC key of list cursors (chalicelib/cursors.py); unset, one is derived from the pool and client ids.
+    cursor_secret: str = field(default="", repr=False)
 
     @property
     def token_issuer(self) -> str:
@@ -102,8 +118,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _push_client(env: Mapping[str, str]) -> PushClientName:
+    raw = env.get("PUSH_CLIENT", "").strip().lower() or "signed"
+    for name in PUSH_CLIENTS:
+        if raw == name:
+            return name
+    raise ValueError(f"PUSH_CLIENT must be one of {', '.join(PUSH_CLIENTS)}, not {raw!r}")
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
-    """Build settings from a mapping shaped like ``os.environ``."""
+    """Build settings from a mapping shaped like ``os.environ``; ValueError for a value no setting takes."""
     database = DatabaseSettings(
         url=env.get("DATABASE_URL") or None,
         host=env.get("DB_HOST", "127.0.0.1"),
@@ -141,12 +165,19 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         push_concurrency=_int(env, "PUSH_CONCURRENCY", 64),
         push_timeout_s=_float(env, "PUSH_TIMEOUT_SECONDS", 3.0),
         push_max_attempts=_int(env, "PUSH_MAX_ATTEMPTS", 3),
-        push_client=env.get("PUSH_CLIENT", "signed").strip().lower(),
+        push_client=_push_client(env),
         push_deadline_s=_float(env, "PUSH_DEADLINE_SECONDS", 5.0),
         redis_timeout_s=_float(env, "REDIS_TIMEOUT_SECONDS", 1.0),
         send_rate_per_s=_float(env, "SEND_RATE_PER_SECOND", 10.0),
         send_burst=_int(env, "SEND_BURST", 20),
+        redis_cluster=_flag(env.get("REDIS_CLUSTER")),
+        max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 10),
+        create_conversation_rate_per_minute=_float(env, "CREATE_CONVERSATION_RATE_PER_MINUTE", 30.0),
+        create_conversation_burst=_int(env, "CREATE_CONVERSATION_BURST", 10),
+        rest_rate_per_minute=_float(env, "REST_RATE_PER_MINUTE", 600.0),
+        rest_burst=_int(env, "REST_BURST", 100),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
+        cursor_secret=env.get("CURSOR_SECRET", ""),
     )
 
 

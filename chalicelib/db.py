@@ -24,7 +24,6 @@ from pg8000.converters import timestamptz_in as pg8000_timestamptz_in
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from chalicelib.config import DatabaseSettings, Settings
-from chalicelib.errors import Conflict
 from chalicelib.sql import query
 
 log = logging.getLogger(__name__)
@@ -80,6 +79,18 @@ def _iam_token(params: Mapping[str, Any], region: str) -> str:
     return str(client.generate_db_auth_token(DBHostname=params["host"], Port=params["port"], DBUsername=params["user"]))
 
 
+class UniqueViolation(Exception):
+    """A statement broke a unique constraint (SQLSTATE 23505).
+
+    Not a client error by itself: the repository knows which constraint a statement may
+    meet, and what that means (an idempotent retry, a pair that already exists).
+    """
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__(f"unique constraint {constraint or '?'} violated")
+        self.constraint = constraint
+
+
 class Database:
     """A lazily opened pg8000 connection that runs named queries."""
 
@@ -124,7 +135,7 @@ class Database:
                 except DatabaseError as error:
                     code = _sqlstate(error)
                     if code == UNIQUE_VIOLATION:
-                        raise Conflict("already exists") from error
+                        raise UniqueViolation(_error_field(error, "n")) from error
                     if code in _STALE_STATEMENT and attempt == 1:
                         # A migration changed what a cached statement reads: prepare it again.
                         self._prepared.pop(sql, None)
@@ -147,8 +158,26 @@ class Database:
         return statement.run(**params), statement.columns
 
     def run(self, name: str, **params: Any) -> list[Row]:
-        """Run the named query from ``chalicelib/queries``."""
+        """Run the named query from ``chalicelib/queries``; every row it returns."""
         return self.run_sql(query(name), **params)
+
+    def optional(self, name: str, **params: Any) -> Row | None:
+        """The one row the named query returns, or None when it returns none."""
+        rows = self.run(name, **params)
+        if len(rows) > 1:
+            raise ValueError(f"query {name!r} returned {len(rows)} rows where at most one was expected")
+        return rows[0] if rows else None
+
+    def one(self, name: str, **params: Any) -> Row:
+        """The one row the named query always returns."""
+        row = self.optional(name, **params)
+        if row is None:
+            raise ValueError(f"query {name!r} returned no row where one was expected")
+        return row
+
+    def execute(self, name: str, **params: Any) -> None:
+        """Run the named query for its effect."""
+        self.run(name, **params)
 
 
 def parse_timestamptz(text: str) -> datetime:
@@ -166,6 +195,11 @@ def parse_timestamptz(text: str) -> datetime:
         return parsed
 
 
-def _sqlstate(error: DatabaseError) -> str:
+def _error_field(error: DatabaseError, field: str) -> str:
+    """A field of PostgreSQL's error response (``C``: SQLSTATE, ``n``: constraint name)."""
     details = error.args[0] if error.args else None
-    return str(details.get("C", "")) if isinstance(details, dict) else ""
+    return str(details.get(field, "")) if isinstance(details, dict) else ""
+
+
+def _sqlstate(error: DatabaseError) -> str:
+    return _error_field(error, "C")

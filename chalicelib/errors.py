@@ -1,18 +1,22 @@
-"""Domain errors, the one place that names what can go wrong for a client.
+"""Domain errors: the one place that names what a client can be told went wrong.
 
 Hierarchy::
 
-    ChatError                 base; carries ``code`` (wire name) and ``status``
-    ├── BadRequest            400  malformed JSON, missing/invalid field, bad query value
-    ├── Unauthorized          401  missing or invalid token
-    ├── NotFound              404  missing conversation, or one the caller is not in
-    ├── Conflict              409  a uniqueness rule held (mapped from SQLSTATE 23505)
-    ├── PayloadTooLarge       413  content or frame over its limit
-    ├── TooManyRequests       429  rate limit
-    └── InternalError         500  a fault on our side (never carries details)
+    ChatError                   base; carries ``code`` (wire name) and ``status``
+    ├── BadRequest              400  malformed JSON, missing/invalid field, bad query value or cursor
+    │   └── UnknownConnection   400  a frame from a connection neither registry nor database knows
+    ├── Unauthorized            401  missing or invalid token
+    ├── Forbidden               403  a member lacking the role an action needs
+    ├── NotFound                404  missing conversation, or one the caller is not in
+    ├── Conflict                409  the store changed under the request; retrying can succeed
+    ├── PayloadTooLarge         413  content, body or frame over its limit
+    ├── TooManyRequests         429  a rate or connection limit; ``retry_after_s`` says when to retry
+    └── InternalError           500  a fault on our side (never carries details)
+        └── DeliveryDegraded    500  stored, but live delivery could not reach the other connections
 
-The edges (``app.py`` for REST, the chat service for WebSocket frames) turn
-these into ``{"Code", "Message"}`` bodies and ``error`` frames. Messages are
+Two functions turn these into what a client sees, one per edge: ``rest.error_response``
+(``{"Code", "Message"}`` with the status) and ``wire.error_frame`` (an ``error`` frame; a
+code the WebSocket contract does not list is sent as ``InternalError``). Messages are
 written for clients: never SQL, tokens or stack traces.
 """
 
@@ -35,9 +39,22 @@ class BadRequest(ChatError):
     status = 400
 
 
+class UnknownConnection(BadRequest):
+    """A frame from a connection that neither the registry nor the database knows.
+
+    Its user can no longer be known, so the connection is told so and closed: the client
+    reconnects with its token and registers again.
+    """
+
+
 class Unauthorized(ChatError):
     code = "Unauthorized"
     status = 401
+
+
+class Forbidden(ChatError):
+    code = "Forbidden"
+    status = 403
 
 
 class NotFound(ChatError):
@@ -69,6 +86,16 @@ class TooManyRequests(ChatError):
 class InternalError(ChatError):
     code = "InternalError"
     status = 500
+
+    def __init__(self, message: str = "Something went wrong; try again") -> None:
+        super().__init__(message)
+
+
+class DeliveryDegraded(InternalError):
+    """Told to a sender whose message was stored while the registry was unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__("Stored, but live delivery is degraded: other connections get it when they reload")
 
 
 CONVERSATION_NOT_FOUND = "Conversation not found"

@@ -1,42 +1,58 @@
 """The chat's store of record: named SQL queries over PostgreSQL.
 
 Each method is one statement (two for an idempotent retry or a paged read by
-cursor), so nothing is ever half-written. Methods speak in domain terms and
-raise domain errors; SQL never leaves this module and ``db``.
+anchor), so nothing is ever half-written. Methods take and return ``model``
+records and raise domain errors; SQL and driver rows never leave this module and
+``db``, and nothing here knows of HTTP, query strings or wire shapes.
+
+Lost answers: ``Database`` re-runs a statement once on a new connection when the
+old one died mid-statement, so a write may meet what its own first attempt
+committed. Every write carries an id chosen here (the new conversation's or
+message's id, the read time), which tells "my earlier attempt did this" apart
+from "someone else did": the former is reported as this request's own outcome.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.db import Database, Row, parse_timestamptz
-from chalicelib.errors import CONVERSATION_NOT_FOUND, BadRequest, Conflict, NotFound
-from chalicelib.validation import ListCursor, MessagePageQuery, NewConversation
-from chalicelib.wire import CONVERSATION_ROW_ACTIVITY, StoredMessage
+from chalicelib.db import Database, Row, UniqueViolation, parse_timestamptz
+from chalicelib.errors import CONVERSATION_NOT_FOUND, Conflict, NotFound
+from chalicelib.model import (
+    ConversationListQuery,
+    ConversationRow,
+    ListCursor,
+    MemberConversation,
+    NewConversation,
+    ReadReceipt,
+    ReadResult,
+    SentMessage,
+    StoredMessage,
+)
 
 # API Gateway closes every WebSocket connection after 2 hours; an older row is a missed $disconnect.
 MAX_CONNECTION_AGE_S = 2 * 3600
 
 # Sorts after every real (activity, id) pair: the first page's cursor.
 _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-ffff-ffffffffffff")
+# The constraints a send and a group creation may meet when their own first attempt committed.
+_MESSAGE_KEYS = frozenset({"message_idempotency_key", "message_table_pkey"})
+_CONVERSATION_KEY = "conversation_table_pkey"
+_ROW_ACTIVITY = ConversationRow._fields.index("last_activity_at")
 
 
-@dataclass(frozen=True)
-class SentMessage:
-    message: StoredMessage
-    participants: list[str]
-    # False when this tempMessageId was already stored: the original comes back.
-    is_new: bool
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    participants: list[str]
-    # (last read message id, read time) when the watermark moved; None for a no-op read.
-    receipt: tuple[str, datetime] | None
+def _message(row: Row) -> StoredMessage:
+    return StoredMessage(
+        str(row["message_id"]),
+        str(row["conversation_id"]),
+        row["sender_id"],
+        row["temp_message_id"],
+        row["content"],
+        row["sent_at"],
+        int(row["seq"]),
+    )
 
 
 class ChatRepository:
@@ -46,79 +62,92 @@ class ChatRepository:
     # --- conversations -------------------------------------------------------------
 
     def create_conversation(self, creator: str, spec: NewConversation) -> tuple[str, bool]:
-        """(conversation id, created?) — a direct pair that exists returns its id."""
+        """(conversation id, created by this call?) — a direct pair that exists returns its id."""
         new_id = str(uuid.uuid4())
         if spec.is_group:
-            self._db.run(
-                "create_group_conversation",
-                conversation_id=new_id,
-                title=spec.title,
-                created_by=creator,
-                user_ids=list(spec.members),
-            )
+            try:
+                self._db.execute(
+                    "create_group_conversation",
+                    conversation_id=new_id,
+                    title=spec.title,
+                    created_by=creator,
+                    user_ids=list(spec.members),
+                )
+            except UniqueViolation as error:
+                # Only a re-run of this very insert can meet a fresh random id: it is ours.
+                if error.constraint != _CONVERSATION_KEY:
+                    raise
             return new_id, True
         low, high = sorted(spec.members)
-        rows = self._db.run(
+        created = self._db.optional(
             "create_direct_conversation",
             conversation_id=new_id,
             created_by=creator,
             user_low=low,
             user_high=high,
         )
-        if rows:
+        if created is not None:
             return new_id, True
         existing = self.find_direct_conversation(low, high)
         if existing is None:  # created and gone again; nothing deletes today
             raise Conflict("The conversation changed; try again")
-        return existing, False
+        return existing, existing == new_id
 
     def find_direct_conversation(self, user_a: str, user_b: str) -> str | None:
         low, high = sorted((user_a, user_b))
-        rows = self._db.run("find_direct_conversation", user_low=low, user_high=high)
-        return str(rows[0]["conversation_id"]) if rows else None
+        row = self._db.optional("find_direct_conversation", user_low=low, user_high=high)
+        return str(row["conversation_id"]) if row else None
 
-    def member_conversation(self, conversation_id: str, user_id: str) -> Row:
+    def member_conversation(self, conversation_id: str, user_id: str) -> MemberConversation:
         """The conversation, if ``user_id`` is in it; NotFound alike for missing and foreign."""
-        rows = self._db.run("get_member_conversation", conversation_id=conversation_id, user_id=user_id)
-        if not rows:
+        row = self._db.optional("get_member_conversation", conversation_id=conversation_id, user_id=user_id)
+        if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
-        return rows[0]
+        return MemberConversation(
+            str(row["conversation_id"]),
+            row["title"],
+            row["is_group"],
+            row["created_by"],
+            row["created_at"],
+            int(row["last_seq"]),
+            int(row["last_read_seq"]),
+        )
 
     def participants(self, conversation_id: str) -> list[str]:
-        rows = self._db.run("list_participants", conversation_id=conversation_id)
-        return [row["user_id"] for row in rows]
+        return [row["user_id"] for row in self._db.run("list_participants", conversation_id=conversation_id)]
 
-    def user_conversations(
-        self, user_id: str, *, is_read: bool | None, limit: int, cursor: ListCursor | None
-    ) -> list[list[Any]]:
-        """A page of rows laid out as ``wire.CONVERSATION_ROW_FIELDS``, newest activity first."""
-        after = cursor or _FIRST_PAGE
-        page = self._db.run(
+    def user_conversations(self, user_id: str, query: ConversationListQuery) -> list[ConversationRow]:
+        """A page of the user's conversations, newest activity first, after the query's cursor."""
+        after = query.cursor or _FIRST_PAGE
+        page: list[list[Any]] | None = self._db.one(
             "list_user_conversations",
             user_id=user_id,
             cursor_at=after.activity_at,
             cursor_id=after.conversation_id,
-            unread_only=is_read is False,
-            read_only=is_read is True,
-            limit=limit,
-        )[0]["page"]
-        rows: list[list[Any]] = page or []  # json_agg of no rows is NULL
-        for row in rows:  # json carries the time as text
-            row[CONVERSATION_ROW_ACTIVITY] = parse_timestamptz(row[CONVERSATION_ROW_ACTIVITY])
+            unread_only=query.is_read is False,
+            read_only=query.is_read is True,
+            limit=query.limit,
+        )["page"]
+        rows = []
+        for cells in page or ():  # json_agg of no rows is NULL
+            cells[_ROW_ACTIVITY] = parse_timestamptz(cells[_ROW_ACTIVITY])  # json carries the time as text
+            rows.append(ConversationRow._make(cells))
         return rows
 
     # --- connections (the durable copy of the registry's connection -> user) -----------
 
     def save_connection(self, connection_id: str, user_id: str) -> None:
-        self._db.run("save_connection", connection_id=connection_id, user_id=user_id, max_age_s=MAX_CONNECTION_AGE_S)
+        self._db.execute(
+            "save_connection", connection_id=connection_id, user_id=user_id, max_age_s=MAX_CONNECTION_AGE_S
+        )
 
     def connection_user(self, connection_id: str) -> str | None:
         """The user of a connection that may still be open, if it was recorded."""
-        rows = self._db.run("connection_user", connection_id=connection_id, max_age_s=MAX_CONNECTION_AGE_S)
-        return str(rows[0]["user_id"]) if rows else None
+        row = self._db.optional("connection_user", connection_id=connection_id, max_age_s=MAX_CONNECTION_AGE_S)
+        return str(row["user_id"]) if row else None
 
     def delete_connection(self, connection_id: str) -> None:
-        self._db.run("delete_connection", connection_id=connection_id)
+        self._db.execute("delete_connection", connection_id=connection_id)
 
     # --- messages --------------------------------------------------------------------
 
@@ -126,7 +155,7 @@ class ChatRepository:
         """Store a message once; a repeated tempMessageId returns the original."""
         message_id = str(uuid.uuid4())
         try:
-            rows = self._db.run(
+            row = self._db.optional(
                 "send_message",
                 message_id=message_id,
                 conversation_id=conversation_id,
@@ -134,72 +163,52 @@ class ChatRepository:
                 temp_message_id=temp_message_id,
                 content=content,
             )
-        except Conflict:
-            return self._already_sent(sender, conversation_id, temp_message_id)
-        if not rows:
+        except UniqueViolation as error:
+            if error.constraint not in _MESSAGE_KEYS:
+                raise
+            return self._already_sent(sender, conversation_id, temp_message_id, message_id)
+        if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
-        row = rows[0]
         message = StoredMessage(
             str(row["message_id"]), conversation_id, sender, temp_message_id, content, row["sent_at"], int(row["seq"])
         )
         return SentMessage(message, list(row["participant_ids"]), is_new=True)
 
-    def _already_sent(self, sender: str, conversation_id: str, temp_message_id: str) -> SentMessage:
-        rows = self._db.run(
+    def _already_sent(self, sender: str, conversation_id: str, temp_message_id: str, message_id: str) -> SentMessage:
+        row = self._db.optional(
             "find_sent_message",
             conversation_id=conversation_id,
             sender_id=sender,
             temp_message_id=temp_message_id,
         )
-        if not rows:
+        if row is None:
             raise Conflict("The message could not be stored; try again")
-        row = rows[0]
-        message = StoredMessage(
-            str(row["message_id"]),
-            conversation_id,
-            sender,
-            temp_message_id,
-            row["content"],
-            row["sent_at"],
-            int(row["seq"]),
-        )
+        message = _message(row)
+        if message.message_id == message_id:
+            # This request's own first attempt stored it and its answer was lost: nobody has it yet.
+            return SentMessage(message, self.participants(conversation_id), is_new=True)
         return SentMessage(message, [], is_new=False)
 
     def mark_read(self, user_id: str, conversation_id: str) -> ReadResult:
         """Move the reader's watermark to the latest message (one row, any unread count)."""
-        rows = self._db.run("mark_read", conversation_id=conversation_id, user_id=user_id)
-        if not rows:
+        row = self._db.optional(
+            "mark_read", conversation_id=conversation_id, user_id=user_id, read_at=datetime.now(UTC)
+        )
+        if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
-        row = rows[0]
         receipt = None
         if row["last_read_seq"] is not None and row["last_read_message_id"] is not None:
-            receipt = (str(row["last_read_message_id"]), row["last_read_at"])
+            receipt = ReadReceipt(str(row["last_read_message_id"]), row["last_read_at"])
         return ReadResult(list(row["participant_ids"]), receipt)
 
-    def message_page(self, conversation: Row, page: MessagePageQuery) -> list[Row]:
-        """A page of messages, newest first (the caller reorders for ``order=asc``).
+    def message_position(self, conversation_id: str, message_id: str) -> int | None:
+        """The position of a message inside a given conversation; None if it is not there."""
+        row = self._db.optional("message_position", conversation_id=conversation_id, message_id=message_id)
+        return int(row["seq"]) if row else None
 
-        Positions are dense (1..last_seq), so every kind of page is a position range
-        found from the conversation row or the anchor message: the same cost at any depth.
-        """
-        conversation_id = str(conversation["conversation_id"])
-        newest = int(conversation["last_seq"])
-        if page.before is not None:
-            high = self._position(conversation_id, page.before, "before") - 1
-            low = high - page.limit
-        elif page.after is not None:
-            low = self._position(conversation_id, page.after, "after")
-            high = low + page.limit
-        else:
-            high = newest - page.offset
-            low = high - page.limit
+    def messages_between(self, conversation_id: str, low: int, high: int) -> list[StoredMessage]:
+        """The messages at positions ``(low, high]``, newest first."""
         if high <= 0:
             return []
-        return self._db.run("messages_in_seq_range", conversation_id=conversation_id, low=max(low, 0), high=high)
-
-    def _position(self, conversation_id: str, message_id: str, field: str) -> int:
-        rows = self._db.run("message_position", conversation_id=conversation_id, message_id=message_id)
-        if not rows:
-            raise BadRequest(f"{field} must name a message of this conversation")
-        seq: Any = rows[0]["seq"]
-        return int(seq)
+        rows = self._db.run("messages_in_seq_range", conversation_id=conversation_id, low=max(low, 0), high=high)
+        return [_message(row) for row in rows]

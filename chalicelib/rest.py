@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from chalice.app import Request, Response
 
 from chalicelib.config import get_settings
-from chalicelib.errors import ChatError
+from chalicelib.errors import ChatError, TooManyRequests
 
 ALLOWED_METHODS = "GET,POST,OPTIONS"
 ALLOWED_HEADERS = "Authorization,Content-Type"
 
 
 def error_response(error: ChatError) -> Response:
-    """Chalice's own error shape, so clients see one format: {"Code", "Message"}."""
-    return Response(body={"Code": error.code, "Message": error.message}, status_code=error.status)
+    """Chalice's own error shape, so clients see one format: {"Code", "Message"}.
+
+    The one place a domain error becomes an HTTP answer; a rate limit also says when to retry.
+    """
+    headers: dict[str, str | list[str]] = {}
+    if isinstance(error, TooManyRequests) and error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return Response(body={"Code": error.code, "Message": error.message}, status_code=error.status, headers=headers)
 
 
 def cors_headers(origin: str | None) -> dict[str, str]:
@@ -30,7 +37,7 @@ def cors_headers(origin: str | None) -> dict[str, str]:
         "Access-Control-Allow-Origin": allow_origin,
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
         "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-        "Access-Control-Expose-Headers": "X-Next-Cursor",
+        "Access-Control-Expose-Headers": "X-Next-Cursor,Retry-After",
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
     }

@@ -22,32 +22,41 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, ChatError
+from chalicelib.cursors import cursor_key, decode_cursor, encode_cursor
+from chalicelib.errors import (
+    BadRequest,
+    ChatError,
+    DeliveryDegraded,
+    InternalError,
+    PayloadTooLarge,
+    UnknownConnection,
+)
+from chalicelib.model import ListCursor, MemberConversation
 from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
 from chalicelib.validation import (
     Frame,
-    FrameError,
+    FrameContext,
     Heartbeat,
-    ListCursor,
     ReadMessages,
     SendMessage,
     frame_context,
     parse_conversation_list_query,
     parse_frame,
+    parse_frame_object,
     parse_json_object,
     parse_message_page_query,
     parse_new_conversation,
     parse_user_id,
     parse_uuid,
+    refused_frame_context,
 )
 from chalicelib.wire import (
     JSONObject,
     Push,
     conversation_body,
     conversation_row_body,
-    conversation_row_key,
     error_frame,
     message_body,
     plan_echo,
@@ -60,14 +69,6 @@ if TYPE_CHECKING:
     from chalicelib.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
-
-# The codes an ``error`` frame may carry (CONTRACT.md section 2); anything else is reported as InternalError.
-FRAME_ERROR_CODES = frozenset({"BadRequest", "NotFound", "PayloadTooLarge", "TooManyRequests", "InternalError"})
-DEGRADED = "Stored, but live delivery is degraded: other connections get it when they reload"
-
-
-class UnknownConnection(BadRequest):
-    """A frame from a connection the registry does not know."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class ChatService:
         self._registry = registry
         self._pusher = pusher
         self._verifier = verifier
+        self._cursor_key = cursor_key(
+            settings.cursor_secret, f"{settings.cognito_user_pool_id}/{settings.cognito_app_client_id}"
+        )
 
     # --- REST ------------------------------------------------------------------------
 
@@ -110,27 +114,37 @@ class ChatService:
         return {"conversationId": conversation_id} if conversation_id else None
 
     def list_conversations(self, caller: str, params: Mapping[str, str]) -> Page:
-        query = parse_conversation_list_query(params)
-        rows = self._repo.user_conversations(caller, is_read=query.is_read, limit=query.limit, cursor=query.cursor)
+        query = parse_conversation_list_query(params, lambda token: decode_cursor(token, caller, self._cursor_key))
+        rows = self._repo.user_conversations(caller, query)
         next_cursor = None
         if query.paged and len(rows) == query.limit:
-            next_cursor = ListCursor(*conversation_row_key(rows[-1])).encode()
+            next_cursor = encode_cursor(ListCursor.after(rows[-1]), caller, self._cursor_key)
         return Page([conversation_row_body(row) for row in rows], next_cursor)
 
     def get_conversation(self, caller: str, conversation_id: str) -> JSONObject:
         conversation_id = parse_uuid(conversation_id, "conversationId")
-        row = self._repo.member_conversation(conversation_id, caller)
-        return conversation_body(row, self._repo.participants(conversation_id), caller)
+        conversation = self._repo.member_conversation(conversation_id, caller)
+        return conversation_body(conversation, self._repo.participants(conversation_id), caller)
 
     def conversation_messages(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> list[JSONObject]:
         conversation_id = parse_uuid(conversation_id, "conversationId")
         page = parse_message_page_query(params)
-        row = self._repo.member_conversation(conversation_id, caller)
-        rows = self._repo.message_page(row, page)
-        # Rows come newest first; "after" pages and order=asc read oldest first.
-        if page.order == "asc" or (page.after is not None and "order" not in params):
-            rows.reverse()
-        return [message_body(row, caller) for row in rows]
+        conversation = self._repo.member_conversation(conversation_id, caller)
+        anchor = None
+        for field, message_id in (("before", page.before), ("after", page.after)):
+            if message_id is not None:
+                anchor = self._anchor_position(conversation, message_id, field)
+        low, high = page.position_range(conversation.last_seq, anchor)
+        messages = self._repo.messages_between(conversation_id, low, high)  # newest first
+        if page.oldest_first:
+            messages.reverse()
+        return [message_body(message, caller) for message in messages]
+
+    def _anchor_position(self, conversation: MemberConversation, message_id: str, field: str) -> int:
+        position = self._repo.message_position(conversation.conversation_id, message_id)
+        if position is None:
+            raise BadRequest(f"{field} must name a message of this conversation")
+        return position
 
     def conversation_participants(self, caller: str, conversation_id: str) -> list[str]:
         conversation_id = parse_uuid(conversation_id, "conversationId")
@@ -165,27 +179,37 @@ class ChatService:
     def handle_frame(self, connection_id: str, body: str | None, endpoint: str) -> PushReport:
         """Route one client frame; every problem becomes an ``error`` frame to its sender."""
         pusher = self._pusher(endpoint)
+        context = FrameContext()
         try:
-            return pusher.push_all(self._pushes_for_frame(connection_id, body))
+            frame: Frame | None = None
+            bad_frame: ChatError | None = None
+            try:
+                frame_object = parse_frame_object(body, self._settings)
+                context = frame_context(frame_object)
+                frame = parse_frame(frame_object, self._settings)
+            except PayloadTooLarge as error:  # perhaps refused unparsed: label it if it can be read at all
+                bad_frame = error
+                context = context if context.action else refused_frame_context(body)
+            except ChatError as error:
+                bad_frame = error
+            # Identify first: a frame from an unknown connection is told to reconnect whatever it holds.
+            user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage))
+            if bad_frame is not None:
+                raise bad_frame
+            assert frame is not None
+            pushes = self._pushes_for_frame(connection_id, user, degraded, frame, context)
         except UnknownConnection as error:
-            # Neither the registry nor the database knows it: we no longer know whose it is. Say
-            # so and close it, so the client reconnects with its token and registers again.
-            report = pusher.push_all(
-                [Push(connection_id, error_frame(error.code, error.message, *frame_context(body)))]
-            )
+            # We no longer know whose it is. Say so and close it, so the client reconnects with its
+            # token and registers again.
+            report = pusher.push_all([Push(connection_id, error_frame(error, context.action, context.temp_message_id))])
             pusher.close(connection_id)
             return report
         except ChatError as error:
-            action, temp = (
-                (error.action, error.temp_message_id) if isinstance(error, FrameError) else frame_context(body)
-            )
-            code = error.code if error.code in FRAME_ERROR_CODES else "InternalError"
-            frame = error_frame(code, error.message, action, temp)
+            pushes = [Push(connection_id, error_frame(error, context.action, context.temp_message_id))]
         except Exception:
             log.exception("frame handling failed")
-            action, temp = frame_context(body)
-            frame = error_frame("InternalError", "Something went wrong; try again", action, temp)
-        return pusher.push_all([Push(connection_id, frame)])
+            pushes = [Push(connection_id, error_frame(InternalError(), context.action, context.temp_message_id))]
+        return pusher.push_all(pushes)
 
     def _identify(self, connection_id: str, *, send: bool) -> tuple[str, bool]:
         """(user, degraded): the connection's user, its expiry refreshed and, for a send, its rate charged."""
@@ -207,17 +231,9 @@ class ChatService:
             self._registry().touch(connection_id, send=True)
         return user, False
 
-    def _pushes_for_frame(self, connection_id: str, body: str | None) -> list[Push]:
-        frame: Frame | None = None
-        bad_frame: FrameError | None = None
-        try:
-            frame = parse_frame(body, self._settings)
-        except FrameError as error:
-            bad_frame = error
-        # Identify first: a frame from an unknown connection is told to reconnect whatever it holds.
-        user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage))
-        if bad_frame is not None:
-            raise bad_frame
+    def _pushes_for_frame(
+        self, connection_id: str, user: str, degraded: bool, frame: Frame, context: FrameContext
+    ) -> list[Push]:
         if isinstance(frame, Heartbeat):
             return []
         if isinstance(frame, SendMessage):
@@ -226,8 +242,8 @@ class ChatService:
                 return plan_echo(sent.message, connection_id)
             connections = None if degraded else self._connections_or_none(sent.participants)
             if connections is None:
-                degraded_notice = error_frame("InternalError", DEGRADED, "send-message", frame.temp_message_id)
-                return [*plan_echo(sent.message, connection_id), Push(connection_id, degraded_notice)]
+                notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
+                return [*plan_echo(sent.message, connection_id), Push(connection_id, notice)]
             return plan_new_message(sent.message, sent.participants, connections)
         assert isinstance(frame, ReadMessages)
         read = self._repo.mark_read(user, frame.conversation_id)
@@ -236,7 +252,7 @@ class ChatService:
         connections = None if degraded else self._connections_or_none(read.participants)
         if connections is None:
             own = plan_read(frame.conversation_id, user, [], {}, connection_id, read.receipt)
-            return [*own, Push(connection_id, error_frame("InternalError", DEGRADED, "read-messages"))]
+            return [*own, Push(connection_id, error_frame(DeliveryDegraded(), context.action, context.temp_message_id))]
         return plan_read(frame.conversation_id, user, read.participants, connections, connection_id, read.receipt)
 
     def _connections_or_none(self, users: list[str]) -> dict[str, list[str]] | None:

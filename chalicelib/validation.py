@@ -1,23 +1,23 @@
-"""Turn untrusted request input into typed values, or raise ``BadRequest``.
+"""Turn untrusted request input into typed values (``model`` records, frames), or raise ``BadRequest``.
 
-Strings that PostgreSQL cannot store (NUL) or that are not valid UTF-8 (lone
+JSON is depth-checked by a linear scan before it is parsed, so no input makes the parser or
+anything after it recurse deeply. Strings that PostgreSQL cannot store (NUL) or that are not valid UTF-8 (lone
 surrogates, which JSON allows) are refused here, so bad input becomes a 400 or
 an ``error`` frame rather than a database fault.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, ChatError, PayloadTooLarge
+from chalicelib.errors import BadRequest, PayloadTooLarge
+from chalicelib.model import ConversationListQuery, ListCursor, MessagePageQuery, NewConversation
 
 MAX_USER_ID_CHARS = 128
 MAX_TEMP_ID_CHARS = 64
@@ -25,6 +25,8 @@ MAX_LIST_LIMIT = 200
 LIST_LIMIT_WITHOUT_PAGING = 1000
 MAX_PAGE_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 20
+# No body or frame of the contract nests deeper than 3; anything past this is refused unparsed.
+MAX_JSON_DEPTH = 20
 
 
 def parse_uuid(value: Any, field: str) -> str:
@@ -74,8 +76,14 @@ def parse_json_object(
     if max_bytes is not None and _size(raw) > max_bytes:
         raise PayloadTooLarge(f"{what} must be at most {max_bytes} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise BadRequest(f"{what} is not valid UTF-8") from None
+    if nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise BadRequest(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text)
+    except ValueError:
         raise BadRequest(f"{what} is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest(f"{what} must be a JSON object")
@@ -86,15 +94,30 @@ def _size(raw: str | bytes) -> int:
     return len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
 
 
+# A JSON string (escapes included), and the characters that open or close a level.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` opens more than ``limit`` levels at any point.
+
+    A linear scan over the brackets outside strings, run before ``json.loads``: the parser
+    recurses once per level (20,000 levels raise ``RecursionError``), and everything that walks
+    the parsed value afterwards would too. Malformed text is left for the parser to refuse.
+    """
+    depth = 0
+    for bracket in _BRACKET.finditer(_JSON_STRING.sub("", text)):
+        if bracket.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 # --- POST /conversation ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NewConversation:
-    is_group: bool
-    title: str
-    # Everyone in it, the caller included, each once.
-    members: tuple[str, ...]
 
 
 def parse_new_conversation(body: Mapping[str, Any], caller: str, settings: Settings) -> NewConversation:
@@ -146,36 +169,10 @@ def _int_param(params: Mapping[str, str], name: str, default: int, low: int, hig
     return value
 
 
-@dataclass(frozen=True)
-class ListCursor:
-    """Position after the last row of a page: (activity time, conversation id)."""
-
-    activity_at: datetime
-    conversation_id: str
-
-    def encode(self) -> str:
-        raw = json.dumps([self.activity_at.isoformat(), self.conversation_id]).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str) -> ListCursor:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            moment, conversation_id = json.loads(raw)
-            return cls(datetime.fromisoformat(moment), str(uuid.UUID(conversation_id)))
-        except (ValueError, TypeError, binascii.Error):
-            raise BadRequest("cursor is not valid") from None
-
-
-@dataclass(frozen=True)
-class ConversationListQuery:
-    is_read: bool | None
-    limit: int
-    paged: bool
-    cursor: ListCursor | None
-
-
-def parse_conversation_list_query(params: Mapping[str, str]) -> ConversationListQuery:
+def parse_conversation_list_query(
+    params: Mapping[str, str], decode_cursor: Callable[[str], ListCursor]
+) -> ConversationListQuery:
+    """The list's query string; ``decode_cursor`` checks a cursor is one the server issued."""
     raw_is_read = params.get("isRead")
     if raw_is_read is None:
         is_read = None
@@ -187,17 +184,8 @@ def parse_conversation_list_query(params: Mapping[str, str]) -> ConversationList
     limit = _int_param(params, "limit", LIST_LIMIT_WITHOUT_PAGING, 1, MAX_LIST_LIMIT)
     if paged and "limit" not in params:
         limit = MAX_LIST_LIMIT // 4
-    cursor = ListCursor.decode(params["cursor"]) if "cursor" in params else None
+    cursor = decode_cursor(params["cursor"]) if "cursor" in params else None
     return ConversationListQuery(is_read, limit, paged, cursor)
-
-
-@dataclass(frozen=True)
-class MessagePageQuery:
-    offset: int
-    limit: int
-    order: Literal["asc", "desc"]
-    before: str | None
-    after: str | None
 
 
 def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:
@@ -210,7 +198,7 @@ def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:
     after = parse_uuid(params["after"], "after") if "after" in params else None
     if sum(value is not None for value in (before, after)) + ("offset" in params) > 1:
         raise BadRequest("Use only one of offset, before and after")
-    return MessagePageQuery(offset, limit, "asc" if order == "asc" else "desc", before, after)
+    return MessagePageQuery(offset, limit, "asc" if order == "asc" else "desc", before, after, "order" in params)
 
 
 # --- WebSocket frames ------------------------------------------------------------------
@@ -237,50 +225,46 @@ Frame = SendMessage | ReadMessages | Heartbeat
 ACTIONS = ("send-message", "read-messages", "heartbeat")
 
 
-class FrameError(ChatError):
-    """A bad frame, with what the client needs to match the error to its request."""
+@dataclass(frozen=True)
+class FrameContext:
+    """What an error reply echoes from the frame it answers, so the client can match the two."""
 
-    def __init__(self, error: ChatError, action: str | None, temp_message_id: str | None) -> None:
-        super().__init__(error.message)
-        self.code = error.code
-        self.status = error.status
-        self.action = action
-        self.temp_message_id = temp_message_id
+    action: str | None = None
+    temp_message_id: str | None = None
+
+
+def parse_frame_object(body: str | None, settings: Settings) -> dict[str, Any]:
+    """A frame's JSON object: ``BadRequest`` / ``PayloadTooLarge`` before anything else is read."""
+    return parse_json_object(body, settings.max_request_bytes, what="Frame")
+
+
+def frame_context(frame: Mapping[str, Any]) -> FrameContext:
+    """The frame's action and tempMessageId, where they can be echoed back."""
+    # Echoed back in an error frame, so only what can be sent as UTF-8 (no lone surrogates from \ud800 escapes).
+    action = frame.get("action")
+    label = action[:64] if isinstance(action, str) and action and _encodable(action[:64]) else None
+    temp = frame.get("tempMessageId")
+    temp_ok = isinstance(temp, str) and 0 < len(temp) <= MAX_TEMP_ID_CHARS and _encodable(temp)
+    return FrameContext(label, temp if temp_ok else None)
 
 
 # Past API Gateway's 128 KB frame limit nothing is worth parsing, even to label an error.
 _CONTEXT_LIMIT = 256 * 1024
 
 
-def frame_context(body: str | None) -> tuple[str | None, str | None]:
-    """Best-effort (action, tempMessageId) of a frame, for labelling an error reply."""
-    if body is not None and len(body) > _CONTEXT_LIMIT:
-        return None, None
+def refused_frame_context(body: str | None) -> FrameContext:
+    """Best-effort context of a frame refused before parsing (over the size limit), to label the error."""
+    if body is None or len(body) > _CONTEXT_LIMIT or nesting_depth_exceeds(body, MAX_JSON_DEPTH):
+        return FrameContext()
     try:
-        frame = json.loads(body or "")
+        frame = json.loads(body)
     except ValueError:
-        return None, None
-    if not isinstance(frame, dict):
-        return None, None
-    # Echoed back in an error frame, so only what can be sent as UTF-8 (no lone surrogates from \ud800 escapes).
-    action = frame.get("action")
-    label = action[:64] if isinstance(action, str) and action and _encodable(action[:64]) else None
-    temp = frame.get("tempMessageId")
-    temp_ok = isinstance(temp, str) and 0 < len(temp) <= MAX_TEMP_ID_CHARS and _encodable(temp)
-    return label, (temp if temp_ok else None)
+        return FrameContext()
+    return frame_context(frame) if isinstance(frame, dict) else FrameContext()
 
 
-def parse_frame(body: str | None, settings: Settings) -> Frame:
-    """A client frame; raises ``FrameError`` naming the action when it can."""
-    action, temp = frame_context(body)
-    try:
-        frame = parse_json_object(body, settings.max_request_bytes, what="Frame")
-        return _parse_action(frame, settings)
-    except ChatError as error:
-        raise FrameError(error, action, temp) from None
-
-
-def _parse_action(frame: Mapping[str, Any], settings: Settings) -> Frame:
+def parse_frame(frame: Mapping[str, Any], settings: Settings) -> Frame:
+    """The typed frame; ``BadRequest`` / ``PayloadTooLarge`` naming the field at fault."""
     action = frame.get("action")
     if action == "heartbeat":
         return Heartbeat()

@@ -1,6 +1,6 @@
 """The JSON shapes of the wire contract, and the pushes a chat event causes.
 
-Everything here is pure: rows in, dicts out. The chat service decides *what*
+Everything here is pure: ``model`` records in, dicts out. The chat service decides *what*
 happened; these functions decide what each client sees, so the fan-out rules
 (sender's own connections included, each connection once, read receipts only
 when the watermark moved) are tested without any I/O.
@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from chalicelib.errors import ChatError, InternalError
+from chalicelib.model import ConversationRow, MemberConversation, ReadReceipt, StoredMessage
+
 JSONObject = dict[str, Any]
+# The codes an ``error`` frame may carry (CONTRACT.md sections 2 and 5-8).
+FRAME_ERROR_CODES = frozenset({"BadRequest", "NotFound", "PayloadTooLarge", "TooManyRequests", "Forbidden"})
 
 
 def iso(moment: datetime) -> str:
@@ -35,20 +40,6 @@ def iso(moment: datetime) -> str:
 
 
 @dataclass(frozen=True)
-class StoredMessage:
-    """A message as stored, whatever path produced it (new send or idempotent retry)."""
-
-    message_id: str
-    conversation_id: str
-    sender_id: str
-    temp_message_id: str
-    content: str
-    sent_at: datetime
-    # The message's place in its conversation (1, 2, 3, ...): one total order for every reader.
-    position: int | None = None
-
-
-@dataclass(frozen=True)
 class Push:
     """One frame to deliver to one connection."""
 
@@ -59,7 +50,7 @@ class Push:
 # --- REST bodies -----------------------------------------------------------------------
 
 
-def message_body(row: Mapping[str, Any], caller: str) -> JSONObject:
+def message_body(message: StoredMessage, caller: str) -> JSONObject:
     """One message of a history page.
 
     Extension: the caller's own messages carry their ``tempMessageId``, so a client that lost a
@@ -67,42 +58,17 @@ def message_body(row: Mapping[str, Any], caller: str) -> JSONObject:
     the stored message beside it. Other people's ids are not shown.
     """
     body: JSONObject = {
-        "messageId": str(row["message_id"]),
-        "conversationId": str(row["conversation_id"]),
-        "senderId": row["sender_id"],
-        "content": row["content"],
-        "sentAt": iso(row["sent_at"]),
+        "messageId": message.message_id,
+        "conversationId": message.conversation_id,
+        "senderId": message.sender_id,
+        "content": message.content,
+        "sentAt": iso(message.sent_at),
     }
-    if row.get("seq") is not None:
-        body["position"] = int(row["seq"])
-    if row.get("temp_message_id") is not None and row["sender_id"] == caller:
-        body["tempMessageId"] = row["temp_message_id"]
+    if message.position is not None:
+        body["position"] = message.position
+    if message.sender_id == caller and message.temp_message_id:
+        body["tempMessageId"] = message.temp_message_id
     return body
-
-
-# The positional row GET /conversations is built from, in the order the list query's
-# json_build_array emits it (queries/conversations.sql, list_user_conversations; a test holds
-# the two together). Positional because the page arrives as one json value: see that query.
-CONVERSATION_ROW_FIELDS = (
-    "conversation_id",
-    "title",
-    "is_group",
-    "last_activity_at",
-    "unread_count",
-    "latest_message_id",
-    "latest_sender_id",
-    "latest_content",
-    "peer_id",
-)
-ConversationRow = Sequence[Any]
-# Where the activity time sits: json carries it as text, and the repository parses it in place.
-CONVERSATION_ROW_ACTIVITY = CONVERSATION_ROW_FIELDS.index("last_activity_at")
-_ROW_ID = CONVERSATION_ROW_FIELDS.index("conversation_id")
-
-
-def conversation_row_key(row: ConversationRow) -> tuple[datetime, str]:
-    """(activity time, conversation id): where the list's keyset cursor resumes after this row."""
-    return row[CONVERSATION_ROW_ACTIVITY], str(row[_ROW_ID])
 
 
 def conversation_row_body(row: ConversationRow) -> JSONObject:
@@ -121,7 +87,7 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         latest_sender_id,
         latest_content,
         peer_id,
-    ) = row
+    ) = row  # unpacked positionally: a 500-row list pays for no attribute lookups
     has_message = latest_message_id is not None
     unread = int(unread_count)
     return {
@@ -138,15 +104,15 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
     }
 
 
-def conversation_body(row: Mapping[str, Any], participants: Sequence[str], caller: str) -> JSONObject:
+def conversation_body(conversation: MemberConversation, participants: Sequence[str], caller: str) -> JSONObject:
     others = [user for user in participants if user != caller]
     return {
-        "conversationId": str(row["conversation_id"]),
-        "title": row["title"],
-        "isGroup": row["is_group"],
+        "conversationId": conversation.conversation_id,
+        "title": conversation.title,
+        "isGroup": conversation.is_group,
         "participantId": others[0] if others else "",
-        "createdBy": row["created_by"],
-        "createdAt": iso(row["created_at"]),
+        "createdBy": conversation.created_by,
+        "createdAt": iso(conversation.created_at),
         "participants": list(participants),
     }
 
@@ -170,21 +136,23 @@ def new_message_frame(message: StoredMessage) -> JSONObject:
     return frame
 
 
-def read_messages_frame(
-    conversation_id: str,
-    reader: str,
-    last_read_message_id: str | None = None,
-    read_at: datetime | None = None,
-) -> JSONObject:
+def read_messages_frame(conversation_id: str, reader: str, receipt: ReadReceipt | None = None) -> JSONObject:
     frame: JSONObject = {"type": "read-messages", "conversationId": conversation_id, "userId": reader}
-    if last_read_message_id is not None and read_at is not None:
-        frame["lastReadMessageId"] = last_read_message_id
-        frame["readAt"] = iso(read_at)
+    if receipt is not None:
+        frame["lastReadMessageId"] = receipt.last_read_message_id
+        frame["readAt"] = iso(receipt.read_at)
     return frame
 
 
-def error_frame(code: str, message: str, action: str | None, temp_message_id: str | None = None) -> JSONObject:
-    frame: JSONObject = {"type": "error", "code": code, "message": message, "action": action}
+def error_frame(error: ChatError, action: str | None, temp_message_id: str | None = None) -> JSONObject:
+    """The ``error`` frame for a domain error: the one place errors become WebSocket frames.
+
+    A code the WebSocket contract does not list (a REST-only status such as ``Conflict``) is sent
+    as ``InternalError``; messages are written for clients, so they go out as they are.
+    """
+    if error.code not in FRAME_ERROR_CODES and not isinstance(error, InternalError):
+        error = InternalError(error.message)
+    frame: JSONObject = {"type": "error", "code": error.code, "message": error.message, "action": action}
     if temp_message_id is not None:
         frame["tempMessageId"] = temp_message_id
     return frame
@@ -223,18 +191,18 @@ def plan_read(
     participants: Iterable[str],
     connections_by_user: Mapping[str, Sequence[str]],
     reading_connection: str,
-    receipt: tuple[str, datetime] | None,
+    receipt: ReadReceipt | None,
 ) -> list[Push]:
     """Who hears about a read.
 
-    ``receipt`` is (last read message id, read time) when the watermark advanced:
+    ``receipt`` is where the watermark stands when the read advanced it:
     then every connection of the reader (to clear badges in other tabs) and of the
     other participants (read receipts) is told. A read that moved nothing is only
     acknowledged to the connection that sent it, so repeated reads stay cheap.
     """
     if receipt is None:
         return [Push(reading_connection, read_messages_frame(conversation_id, reader))]
-    frame = read_messages_frame(conversation_id, reader, *receipt)
+    frame = read_messages_frame(conversation_id, reader, receipt)
     others = [user for user in participants if user != reader]
     targets = connections_of([reader, *others], connections_by_user)
     return [Push(conn, frame) for conn in _each_once([*targets, reading_connection])]

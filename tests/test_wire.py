@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta, timezone
 
-from chalicelib.sql import query
+from chalicelib.model import CONVERSATION_ROW_FIELDS, ConversationRow, ListCursor, ReadReceipt, StoredMessage
 from chalicelib.wire import (
-    CONVERSATION_ROW_FIELDS,
     Push,
-    StoredMessage,
     conversation_row_body,
-    conversation_row_key,
     iso,
     plan_echo,
     plan_new_message,
@@ -62,7 +58,9 @@ def test_retry_echo_goes_to_the_retrying_connection_only() -> None:
 
 
 def test_read_that_advanced_reaches_reader_and_others_with_receipt() -> None:
-    pushes = plan_read("c-1", "bob", ["alice", "bob"], {"alice": ["a1"], "bob": ["b1", "b2"]}, "b2", ("m-1", SENT))
+    pushes = plan_read(
+        "c-1", "bob", ["alice", "bob"], {"alice": ["a1"], "bob": ["b1", "b2"]}, "b2", ReadReceipt("m-1", SENT)
+    )
     assert sorted(p.connection_id for p in pushes) == ["a1", "b1", "b2"]
     assert pushes[0].frame == {
         "type": "read-messages",
@@ -80,15 +78,8 @@ def test_read_that_moved_nothing_is_acknowledged_to_its_connection_only() -> Non
 
 
 def test_reading_connection_is_answered_even_if_the_registry_lost_it() -> None:
-    pushes = plan_read("c-1", "bob", ["bob"], {"bob": []}, "b9", ("m-1", SENT))
+    pushes = plan_read("c-1", "bob", ["bob"], {"bob": []}, "b9", ReadReceipt("m-1", SENT))
     assert [p.connection_id for p in pushes] == ["b9"]
-
-
-def test_the_list_query_emits_rows_in_the_order_wire_unpacks_them() -> None:
-    built = re.search(r"json_build_array\((.*?)\)", query("list_user_conversations"), re.S)
-    assert built, "list_user_conversations no longer builds positional rows"
-    emitted = [cell.strip().removeprefix("page.") for cell in built.group(1).split(",")]
-    assert tuple(emitted) == CONVERSATION_ROW_FIELDS
 
 
 def test_conversation_row_body_and_key_read_the_positional_row() -> None:
@@ -103,7 +94,7 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "latest_content": "hi",
         "peer_id": "alice",
     }
-    row = [values[field] for field in CONVERSATION_ROW_FIELDS]
+    row = ConversationRow._make(values[field] for field in CONVERSATION_ROW_FIELDS)
     assert conversation_row_body(row) == {
         "conversationId": "c-1",
         "title": "Team",
@@ -116,7 +107,7 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "unreadCount": 3,
         "latestMessageId": "m-9",
     }
-    assert conversation_row_key(row) == (SENT, "c-1")
-    empty = [{**values, "latest_message_id": None, "unread_count": 0}[field] for field in CONVERSATION_ROW_FIELDS]
+    assert ListCursor.after(row) == ListCursor(SENT, "c-1")
+    empty = ConversationRow(**{**values, "latest_message_id": None, "unread_count": 0})
     body = conversation_row_body(empty)
     assert (body["latestContent"], body["senderId"], body["isRead"], body["latestMessageId"]) == ("", "", True, None)

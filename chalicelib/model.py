@@ -1,0 +1,165 @@
+"""The records the chat service and the repository exchange.
+
+Every value that crosses between ``service`` and ``repository`` is one of these:
+the repository takes and returns nothing else (no driver rows, no wire dicts), and
+``wire`` renders them for clients. They are plain immutable data with the little
+pure logic that belongs to them (which position range a page covers), so they can
+be built and checked without any I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, NamedTuple
+
+# --- messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored, whatever path produced it (new send, idempotent retry, history page)."""
+
+    message_id: str
+    conversation_id: str
+    sender_id: str
+    temp_message_id: str
+    content: str
+    sent_at: datetime
+    # The message's place in its conversation (1, 2, 3, ...): one total order for every reader.
+    position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """The outcome of a send."""
+
+    message: StoredMessage
+    # Everyone to fan the message out to (empty when it is not new).
+    participants: list[str]
+    # False for a client's retry of a send stored earlier: only the retrying connection is answered.
+    # True also when this very request stored it on an attempt whose answer was lost (a dropped
+    # database connection): nobody has been told about it yet.
+    is_new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReceipt:
+    """Where a reader's watermark now stands, when a read moved it."""
+
+    last_read_message_id: str
+    read_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    participants: list[str]
+    # None for a read that moved nothing (everything was already read).
+    receipt: ReadReceipt | None
+
+
+# --- conversations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """A validated POST /conversation."""
+
+    is_group: bool
+    title: str
+    # Everyone in it, the caller included, each once.
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConversation:
+    """A conversation as seen by one of its members."""
+
+    conversation_id: str
+    title: str
+    is_group: bool
+    created_by: str
+    created_at: datetime
+    # The newest message's position (0 while empty): positions are dense, 1..last_seq.
+    last_seq: int
+    last_read_seq: int
+
+
+class ConversationRow(NamedTuple):
+    """One row of a user's conversation list, as the list query emits it.
+
+    A named tuple because the query returns the page as one json array of positional rows
+    (see ``list_user_conversations``): ``ConversationRow._make`` reads one, and its field order is
+    the query's ``json_build_array`` order.
+    """
+
+    conversation_id: str
+    title: str
+    is_group: bool
+    # The latest message's time, or the creation time while the conversation is empty.
+    last_activity_at: datetime
+    unread_count: int
+    latest_message_id: str | None
+    latest_sender_id: str | None
+    latest_content: str | None
+    peer_id: str | None
+
+
+CONVERSATION_ROW_FIELDS: tuple[str, ...] = ConversationRow._fields
+
+
+# --- queries ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListCursor:
+    """Where the next page of a conversation list resumes: after (activity time, conversation id)."""
+
+    activity_at: datetime
+    conversation_id: str
+
+    @classmethod
+    def after(cls, row: ConversationRow) -> ListCursor:
+        return cls(row.last_activity_at, str(row.conversation_id))
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationListQuery:
+    # None: every conversation; True/False: only read / only unread ones.
+    is_read: bool | None
+    limit: int
+    # Whether the client pages (limit or cursor given): only then is a next cursor issued.
+    paged: bool
+    cursor: ListCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePageQuery:
+    offset: int
+    limit: int
+    order: Literal["asc", "desc"]
+    before: str | None
+    after: str | None
+    # Whether the client named an order; an "after" page without one reads oldest first.
+    order_given: bool = False
+
+    @property
+    def oldest_first(self) -> bool:
+        return self.order == "asc" or (self.after is not None and not self.order_given)
+
+    def position_range(self, last_seq: int, anchor: int | None) -> tuple[int, int]:
+        """The positions ``(low, high]`` this page covers.
+
+        Positions are dense (1..last_seq), so every kind of page is a range found from the
+        conversation's newest position or the anchor message's: the same cost at any depth.
+        ``anchor`` is the position of the ``before``/``after`` message.
+        """
+        if self.before is not None:
+            assert anchor is not None
+            high = anchor - 1
+            return max(high - self.limit, 0), high
+        if self.after is not None:
+            assert anchor is not None
+            return anchor, anchor + self.limit
+        high = last_seq - self.offset
+        return max(high - self.limit, 0), high
