@@ -47,9 +47,10 @@ $(VENV)/.bench-ready: bench/requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	touch $@
 
-## migrate: apply sql/ migrations to DATABASE_URL (or DB_*)
+## migrate: apply sql/ migrations to DATABASE_URL (or DB_*), else to make dev's embedded database;
+##          prints which database first
 migrate: $(READY)
-	$(BIN)/python -m chalicelib.migrations
+	$(BIN)/python -m local.migrate
 
 ## package: the CloudFormation/SAM template, as `chalice deploy` would build it, into build/, with the
 ##          deployment zip's modules precompiled (Lambda cannot cache bytecode; see tools/precompile_package.py)

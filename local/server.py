@@ -34,8 +34,7 @@ from chalice.local import LocalChalice
 
 from chalicelib import wiring
 from chalicelib.config import get_settings
-from chalicelib.db import Database
-from chalicelib.migrations import apply_migrations
+from chalicelib.migrations import MigrationError, apply_migrations
 from local.connections_api import RecordingSink
 from local.identity import LocalIdentityProvider
 from local.rest_gateway import ApiGateway, HttpGateway, LocalRoutes, StaticFiles
@@ -230,11 +229,10 @@ def chalice_config() -> Config:
 
 
 def migrate() -> str:
-    database = Database(get_settings())
     try:
-        applied = apply_migrations(database)
-    finally:
-        database.close()
+        applied = apply_migrations(get_settings())
+    except MigrationError as error:
+        raise StartupError(f"schema: {error}") from None
     return "applied " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied) if applied else "up to date"
 
 

@@ -152,9 +152,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres().init()
     from chalicelib.config import settings_from_env
 
-    database = Database(settings_from_env({"DATABASE_URL": server.url}))
-    apply_migrations(database, ROOT / "sql")
-    database.close()
+    apply_migrations(settings_from_env({"DATABASE_URL": server.url}), ROOT / "sql")
     yield server
     server.destroy()
 

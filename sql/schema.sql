@@ -1,0 +1,112 @@
+-- The current schema: what sql/0001..0004 build, written out as one file to read.
+--
+-- Nothing applies this file: databases are built and upgraded by the numbered migrations
+-- (make migrate, chalicelib/migrations.py, which skips schema.sql). It exists so that the shape of a
+-- table is read here rather than replayed in the head from every migration that touched it.
+--
+-- Each new migration updates this file in the same commit. tests/test_migrations.py enforces it: it
+-- builds one scratch database from the migrations and one from this file and fails, showing the
+-- diff, unless their schemas are identical (columns in order, types, defaults, constraints and
+-- indexes by name). So keep column order as the migrations leave it (ALTER TABLE ADD COLUMN appends)
+-- and let PostgreSQL name what the migrations let it name. The why of each change, and its upgrade
+-- notes, stay in the migration that made it.
+
+-- Conversations --------------------------------------------------------------------------------
+--
+-- last_seq is the position allocator: a send takes last_seq + 1 under this row's lock, so message
+-- order never depends on clocks and is the same for every reader, and a rolled-back send rolls the
+-- counter back too. Positions are dense (1..last_seq): an offset from the newest end is a seq range,
+-- not a scan. (0001)
+
+CREATE TABLE conversation_table (
+    conversation_id   uuid PRIMARY KEY,
+    title             text        NOT NULL DEFAULT '' CHECK (char_length(title) <= 300),
+    is_group          boolean     NOT NULL,
+    created_by        text        NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_activity_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_seq          bigint      NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+    -- A direct conversation's members, ordered, so the pair is unique whichever way round.
+    direct_user_low   text,
+    direct_user_high  text,
+    CHECK (
+        (is_group AND direct_user_low IS NULL AND direct_user_high IS NULL)
+        OR (NOT is_group AND direct_user_low < direct_user_high)
+    )
+);
+
+CREATE UNIQUE INDEX conversation_direct_pair_key
+    ON conversation_table (direct_user_low, direct_user_high)
+    WHERE NOT is_group;
+
+-- Participants: membership, read state and each member's inbox row ------------------------------
+--
+-- * Read state is one watermark per member (last_read_seq), not a row per message per reader:
+--   marking read is one row update whatever the number of unread messages. Sending moves the
+--   sender's watermark to its own message, so every message above it is someone else's and
+--   unreadCount = latest_seq - last_read_seq. (0001)
+-- * The row carries what its member's conversation list shows, so the list is one range of
+--   participant_user_activity_idx and the rows it points to, nothing else (0004):
+--   - last_activity_at copies the conversation's latest activity (0001);
+--   - title, is_group and peer_id (the member shown as participantId: a direct conversation's other
+--     member, a group's first other member by id) are written at creation and never change: there
+--     is no rename and membership is fixed;
+--   - latest_seq and the latest message's id, sender and content are written by send_message in the
+--     UPDATE that bumps every member's last_activity_at, from the position allocated under the
+--     conversation row's lock, so they cannot disagree with conversation_table.last_seq;
+--   - latest_content holds up to 400 characters, NULL above (the list then reads message_table by
+--     latest_message_id): a long message copied into every member's row would be written once per
+--     member, out of line (TOAST) at that.
+
+CREATE TABLE participant_table (
+    conversation_id   uuid        NOT NULL REFERENCES conversation_table ON DELETE CASCADE,
+    user_id           text        NOT NULL,
+    joined_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_read_seq     bigint      NOT NULL DEFAULT 0,
+    last_read_at      timestamptz,
+    last_activity_at  timestamptz NOT NULL,
+    title             text        NOT NULL DEFAULT '',
+    is_group          boolean     NOT NULL DEFAULT false,
+    peer_id           text,
+    latest_seq        bigint      NOT NULL DEFAULT 0,
+    latest_message_id uuid,
+    latest_sender_id  text,
+    latest_content    text,
+    PRIMARY KEY (conversation_id, user_id)
+);
+
+-- A user's conversations, newest activity first (list and its keyset cursor).
+CREATE INDEX participant_user_activity_idx
+    ON participant_table (user_id, last_activity_at DESC, conversation_id DESC);
+
+-- Messages --------------------------------------------------------------------------------------
+
+CREATE TABLE message_table (
+    message_id        uuid PRIMARY KEY,
+    conversation_id   uuid        NOT NULL REFERENCES conversation_table ON DELETE CASCADE,
+    seq               bigint      NOT NULL CHECK (seq > 0),
+    sender_id         text        NOT NULL,
+    temp_message_id   text        NOT NULL CHECK (char_length(temp_message_id) BETWEEN 1 AND 64),
+    content           text        NOT NULL,
+    sent_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Paging by position, and the latest message of a conversation.
+    CONSTRAINT message_conversation_seq_key UNIQUE (conversation_id, seq),
+    -- Idempotent send: a retried tempMessageId stores nothing new.
+    CONSTRAINT message_idempotency_key UNIQUE (conversation_id, sender_id, temp_message_id)
+);
+
+-- Connections -----------------------------------------------------------------------------------
+--
+-- The user of each open WebSocket connection, in the store of record (0002). Redis is the registry
+-- fan-out reads; this is the durable copy of one fact in it, written at $connect and deleted at
+-- $disconnect or on a 410, so a frame's sender is still known when Redis is unreachable or lost its
+-- data. API Gateway closes every connection after 2 hours, so an older row belongs to a connection
+-- whose $disconnect never came: lookups ignore it and each $connect purges a batch (connected_at).
+
+CREATE TABLE connection_table (
+    connection_id  text        PRIMARY KEY CHECK (char_length(connection_id) BETWEEN 1 AND 128),
+    user_id        text        NOT NULL,
+    connected_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE INDEX connection_connected_at_idx ON connection_table (connected_at);
