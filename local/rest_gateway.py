@@ -42,7 +42,15 @@ from chalice.local import (
 from chalicelib.errors import BadRequest, ChatError, Unauthorized
 from chalicelib.rest import cors_headers
 from chalicelib.validation import parse_json_object, parse_user_id
-from local.connections_api import ConnectionsHTTPServer, ConnectionSink, ConnectionsRequestHandler
+from local.connections_api import (
+    MAX_REQUEST_BYTES,
+    BodyTooLarge,
+    ConnectionsHTTPServer,
+    ConnectionSink,
+    ConnectionsRequestHandler,
+    MalformedBody,
+    SigningKey,
+)
 from local.identity import LocalIdentityProvider
 
 log = logging.getLogger(__name__)
@@ -51,8 +59,6 @@ Claims = dict[str, Any]
 Verify = Callable[[str | None], Claims]
 Headers = dict[str, str | list[str]]
 
-#: API Gateway's payload limit for a REST request.
-MAX_REQUEST_BYTES = 10 * 1024 * 1024
 #: Local tokens last as long as Cognito's ID tokens.
 TOKEN_TTL_SECONDS = 3600
 _CONNECTIONS_PATH = "/@connections/"
@@ -235,6 +241,7 @@ class HttpGateway(ConnectionsHTTPServer):
         sock: socket.socket,
         sink: ConnectionSink,
         *,
+        signing_key: SigningKey,
         api: ApiGateway,
         local_routes: LocalRoutes,
         static: StaticFiles,
@@ -245,7 +252,7 @@ class HttpGateway(ConnectionsHTTPServer):
         self.static = static
         self._thread: threading.Thread | None = None
         host, port = sock.getsockname()[:2]
-        super().__init__((host, port), sink, GatewayRequestHandler)
+        super().__init__((host, port), sink, GatewayRequestHandler, signing_key=signing_key)
 
     def server_bind(self) -> None:
         """Adopt the socket bound beforehand instead of binding a new one."""
@@ -279,38 +286,48 @@ class GatewayRequestHandler(ConnectionsRequestHandler):
 
     def _route(self) -> None:
         path = urlsplit(self.path).path
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_REQUEST_BYTES:
-            self.close_connection = True
-            self._respond(413 if length > 0 else 400, b'{"message": "Request too large or malformed"}', {})
-            return
         if _CONNECTIONS_PATH in path and self.command in ("GET", "POST", "DELETE"):
             handler = {
                 "GET": ConnectionsRequestHandler.do_GET,
                 "POST": ConnectionsRequestHandler.do_POST,
                 "DELETE": ConnectionsRequestHandler.do_DELETE,
             }[self.command]
-            handler(self)
-        elif path == "/_local" or path.startswith("/_local/"):
-            self._local(path)
+            handler(self)  # reads and checks its own body: signed, and at most one frame
+            return
+        body = self._capped_body()
+        if body is None:
+            return
+        if path == "/_local" or path.startswith("/_local/"):
+            self._local(path, body)
         elif self.command in ("GET", "HEAD") and (file := self.server.static.find(path)) is not None:
-            self._read_body()
             self._respond(
                 200,
                 file.read_bytes(),
                 {"Content-Type": self.server.static.content_type(file), "Cache-Control": "no-cache"},
             )
         else:
-            self._rest()
+            self._rest(body)
+
+    def _capped_body(self) -> bytes | None:
+        """The body, up to API Gateway's limit; ``None`` once a 413 or 400 has been answered.
+
+        An over-long ``Content-Length`` is refused before any of the body is read, a chunked body as soon as its
+        running total passes the limit; either way the connection then closes.
+        """
+        try:
+            return self._read_body(MAX_REQUEST_BYTES)
+        except BodyTooLarge:
+            status, code, message = 413, "PayloadTooLarge", f"Request body must be at most {MAX_REQUEST_BYTES} bytes"
+        except MalformedBody:
+            status, code, message = 400, "BadRequest", "Malformed request body"
+        headers: Headers = {"Content-Type": _JSON, **cors_headers(self.headers.get("Origin"))}
+        self._respond(status, json.dumps({"Code": code, "Message": message}).encode(), headers)
+        return None
 
     # One entry point for every method (http.server dispatches to do_<METHOD>), as in Chalice's own handler.
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_OPTIONS = do_HEAD = _route  # noqa: N815 - http.server names
 
-    def _local(self, path: str) -> None:
-        body = self._read_body()
+    def _local(self, path: str, body: bytes) -> None:
         origin = self.headers.get("Origin")
         headers: Headers = {"Content-Type": _JSON, **cors_headers(origin)}
         if self.command == "OPTIONS":  # a browser's preflight for POST /_local/token
@@ -319,8 +336,7 @@ class GatewayRequestHandler(ConnectionsRequestHandler):
         status, payload = self.server.local_routes.handle(self.command, path, body)
         self._respond(status, json.dumps(payload).encode(), headers)
 
-    def _rest(self) -> None:
-        body = self._read_body()
+    def _rest(self, body: bytes) -> None:
         headers = dict(self.headers.items())
         try:
             response = self.server.api.handle_request(self.command, self.path, headers, body or None)
@@ -356,6 +372,8 @@ class GatewayRequestHandler(ConnectionsRequestHandler):
                 continue
             for item in value if isinstance(value, list) else [value]:
                 self.send_header(name, item)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         bodiless = status in (204, 304) or 100 <= status < 200
         if not bodiless:
             self.send_header("Content-Length", str(len(body)))

@@ -35,7 +35,7 @@ from chalice.local import LocalChalice
 from chalicelib import wiring
 from chalicelib.config import get_settings
 from chalicelib.migrations import MigrationError, apply_migrations
-from local.connections_api import RecordingSink
+from local.connections_api import SigningKey
 from local.identity import LocalIdentityProvider
 from local.rest_gateway import ApiGateway, HttpGateway, LocalRoutes, StaticFiles
 from local.services import EmbeddedServices
@@ -170,8 +170,13 @@ def listen(host: str, port: int, variable: str) -> socket.socket:
     return sock
 
 
-def app_environment(env: Mapping[str, str], *, http_url: str, database_url: str, redis_url: str) -> dict[str, str]:
-    """The variables that configure the app for the local server, as ``.chalice/config.json`` does for a stage."""
+def app_environment(
+    env: Mapping[str, str], *, http_url: str, database_url: str, redis_url: str, signing_key: SigningKey
+) -> dict[str, str]:
+    """The variables that configure the app for the local server, as ``.chalice/config.json`` does for a stage.
+
+    The AWS keys are ``signing_key``, the one pair the local ``@connections`` API accepts signatures from.
+    """
     port = http_url.rsplit(":", 1)[1]
     origins = [http_url, f"http://localhost:{port}", "http://localhost:4200"]
     origins += [o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()]
@@ -186,10 +191,9 @@ def app_environment(env: Mapping[str, str], *, http_url: str, database_url: str,
         "COGNITO_USER_POOL_ID": "local",
         "CONNECTIONS_ENDPOINT_URL": http_url,
         "CORS_ALLOWED_ORIGINS": ",".join(dict.fromkeys(origins)),
-        "AWS_REGION": "us-east-1",
-        # Not secrets: botocore signs every request and needs something to sign with.
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_REGION": signing_key.region,
+        "AWS_ACCESS_KEY_ID": signing_key.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": signing_key.secret_access_key,
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
     }
@@ -236,6 +240,18 @@ def migrate() -> str:
     return "applied " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied) if applied else "up to date"
 
 
+def write_credentials(path: Path, key: SigningKey) -> None:
+    """``key`` as an AWS shared credentials file (mode 0600), so a developer can push by hand:
+    ``AWS_SHARED_CREDENTIALS_FILE=.data/dev/aws-credentials aws apigatewaymanagementapi post-to-connection ...``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(
+            "# The local server's @connections signing key; a new one is made at each start.\n"
+            f"[default]\naws_access_key_id = {key.access_key_id}\naws_secret_access_key = {key.secret_access_key}\n"
+        )
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -246,6 +262,7 @@ async def serve(
     ws_sock: socket.socket,
     urls: tuple[str, str],
     startup: StartupSignals,
+    signing_key: SigningKey,
 ) -> None:
     """Run both gateways until SIGINT/SIGTERM, then close them (sockets first: their handlers may still push)."""
     http_url, ws_url = urls
@@ -263,24 +280,27 @@ async def serve(
     ws_gateway = WebSocketGateway(
         WebSocketHandlers.from_app(app), limits=options.limits, domain_name=ws_url.split("://", 1)[1], stage=STAGE
     )
-    http = HttpGateway(
-        http_sock,
-        RecordingSink(),  # replaced by the sockets' sink below, once the WebSocket side runs
-        api=ApiGateway(
-            app,
-            chalice_config(),
-            lambda token: wiring.get_verifier().verify(token),
-            domain_name=http_url.split("://", 1)[1],
-            stage=STAGE,
-        ),
-        local_routes=LocalRoutes(
-            identity, {"websocketUrl": ws_url, "restUrl": http_url, "connectionsUrl": http_url, "stage": STAGE}
-        ),
-        static=StaticFiles(ROOT / "local" / "web"),
+    api = ApiGateway(
+        app,
+        chalice_config(),
+        lambda token: wiring.get_verifier().verify(token),
+        domain_name=http_url.split("://", 1)[1],
+        stage=STAGE,
     )
+    local_routes = LocalRoutes(
+        identity, {"websocketUrl": ws_url, "restUrl": http_url, "connectionsUrl": http_url, "stage": STAGE}
+    )
+    http: HttpGateway | None = None
     try:
         await ws_gateway.start(ws_sock)
-        http.sink = ws_gateway.sink()
+        http = HttpGateway(
+            http_sock,
+            ws_gateway.sink(),
+            signing_key=signing_key,
+            api=api,
+            local_routes=local_routes,
+            static=StaticFiles(ROOT / "local" / "web"),
+        )
         http.start()
         if not stop.is_set():
             say(f"{NAME} ready: REST {http_url}  WebSocket {ws_url}")
@@ -291,7 +311,8 @@ async def serve(
             signal.signal(signum, signal.SIG_IGN)
         say(f"{NAME}: stopping")
         await ws_gateway.close()
-        await asyncio.to_thread(http.stop)
+        if http is not None:
+            await asyncio.to_thread(http.stop)
 
 
 def run(options: Options, startup: StartupSignals) -> None:
@@ -311,9 +332,16 @@ def run(options: Options, startup: StartupSignals) -> None:
             + (f"embedded: {services.database_url}" if "postgres" in started else "from DATABASE_URL")
         )
         say("  Redis         " + (f"embedded: {services.redis_url}" if "redis" in started else "from REDIS_URL"))
+        signing_key = SigningKey.generate()
+        credentials = options.data_dir / "aws-credentials"
+        write_credentials(credentials, signing_key)
         configure_app(
             app_environment(
-                os.environ, http_url=http_url, database_url=services.database_url, redis_url=services.redis_url
+                os.environ,
+                http_url=http_url,
+                database_url=services.database_url,
+                redis_url=services.redis_url,
+                signing_key=signing_key,
             )
         )
         # Registered after the services, so it runs before they stop: the app's own connections close first.
@@ -322,9 +350,9 @@ def run(options: Options, startup: StartupSignals) -> None:
         startup.check()
         say(f"  REST          {http_url}   (web client: {http_url}/)")
         say(f"  WebSocket     {ws_url}")
-        say(f"  @connections  {http_url}/@connections/{{connectionId}}")
+        say(f"  @connections  {http_url}/@connections/{{connectionId}}   (SigV4 key: {_shown(credentials)})")
         say(f'  tokens        curl -s -X POST {http_url}/_local/token -d \'{{"username":"alice"}}\'')
-        asyncio.run(serve(options, http_sock, ws_sock, (http_url, ws_url), startup))
+        asyncio.run(serve(options, http_sock, ws_sock, (http_url, ws_url), startup, signing_key))
     say(f"{NAME}: stopped")
 
 

@@ -25,9 +25,10 @@ from chalicelib import wiring
 from chalicelib.config import get_settings
 from chalicelib.db import Database, connection_parameters
 from chalicelib.migrations import apply_migrations
-from local.connections_api import ConnectionsServer, RecordingSink
+from local.connections_api import ConnectionsServer
 from local.environment import app_configured
 from local.identity import LocalIdentityProvider
+from local.recording_sink import RecordingSink
 from local.services import EmbeddedServices
 from local.websocket_gateway import ConnectionContext, websocket_event
 

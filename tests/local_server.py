@@ -5,6 +5,7 @@ Shared by ``test_local_server`` (REST, sockets, @connections) and ``test_browser
 
 from __future__ import annotations
 
+import configparser
 import http.client
 import json
 import os
@@ -17,19 +18,24 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from websockets.sync.client import ClientConnection, connect
 
+from local.connections_api import SigningKey
 from local.identity import LocalIdentityProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready: REST (http://\S+)\s+WebSocket (ws://\S+)")
 CLIENT_ID = "local-client"
-# What the session's app_environment fixture sets for in-process tests; a server gets only what we pass it.
+# What the app_environment fixture sets for in-process tests; a server gets only what we pass it.
 _SESSION_ONLY = {"DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "JWKS_JSON", "CONNECTIONS_ENDPOINT_URL"}
 
 
@@ -101,6 +107,19 @@ class LocalServer:
         assert status == 200, body
         return str(body["conversationId"])
 
+    def signing_key(self) -> SigningKey:
+        """The key this run of the server accepts ``@connections`` signatures from (new at each start)."""
+        credentials = configparser.ConfigParser()
+        credentials.read(self.data_dir / "aws-credentials")
+        return SigningKey(credentials["default"]["aws_access_key_id"], credentials["default"]["aws_secret_access_key"])
+
+    def signed_request(
+        self, method: str, path: str, body: bytes = b"", key: SigningKey | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One ``@connections`` call signed as botocore signs it, by ``key`` (the server's own by default)."""
+        headers = sigv4_headers(key or self.signing_key(), method, self.rest_url + path, body)
+        return self.request(method, path, body, headers)
+
     def socket(self, token: str) -> ClientConnection:
         return connect(f"{self.ws_url}?Authorization={token}", open_timeout=10, close_timeout=2)
 
@@ -110,6 +129,22 @@ class LocalServer:
 
     def own_key(self) -> LocalIdentityProvider:
         return self.identity(key_path=self.data_dir / "local-identity-key.pem")
+
+
+def sigv4_headers(
+    key: SigningKey, method: str, url: str, body: bytes, moment: datetime | None = None
+) -> dict[str, str]:
+    """The ``Authorization`` and ``X-Amz-Date`` headers botocore's ``SigV4Auth`` adds, signed now or at ``moment``."""
+    request = AWSRequest(method=method, url=url, data=body)
+    auth = SigV4Auth(Credentials(key.access_key_id, key.secret_access_key), "execute-api", key.region)
+    if moment is None:
+        auth.add_auth(request)
+    else:  # add_auth always signs at the current time
+        request.context["timestamp"] = moment.strftime("%Y%m%dT%H%M%SZ")
+        auth._modify_request_before_signing(request)
+        signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+        auth._inject_signature_to_request(request, signature)
+    return dict(request.headers.items())
 
 
 def is_running(pid: int) -> bool:
@@ -140,8 +175,8 @@ def start_server(data_dir: Path, env: dict[str, str]) -> LocalServer:
 
 @contextmanager
 def session_server(data_dir: Path) -> Iterator[LocalServer]:
-    """A server on the session's PostgreSQL and Redis (what the autouse ``app_environment`` fixture put in
-    ``os.environ``), with its own data dir and registry prefix; stopped cleanly afterwards."""
+    """A server on the module's PostgreSQL database and Redis (what the ``app_environment`` fixture, which the
+    caller requests, put in ``os.environ``), with its own data dir and registry prefix; stopped cleanly afterwards."""
     env = server_env(
         data_dir,
         DATABASE_URL=os.environ["DATABASE_URL"],

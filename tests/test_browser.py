@@ -183,7 +183,7 @@ def drop_sockets(server: LocalServer, user: str) -> list[str]:
         client.close()
     assert connection_ids, f"{user} has no open socket"
     for connection_id in connection_ids:
-        status, _headers, body = server.request("DELETE", f"/@connections/{quote(connection_id, safe='')}")
+        status, _headers, body = server.signed_request("DELETE", f"/@connections/{quote(connection_id, safe='')}")
         assert status == 204, body
     return connection_ids
 

@@ -20,8 +20,9 @@ from chalicelib.config import get_settings
 from chalicelib.db import Database
 from chalicelib.migrations import apply_migrations
 from chalicelib.wiring import get_database, get_registry
-from local.connections_api import Behaviour, ConnectionsServer, RecordingSink
+from local.connections_api import ConnectionsServer
 from local.identity import LocalIdentityProvider
+from local.recording_sink import Behaviour, RecordingSink
 from tests.conftest import Rest, Sockets, new_user
 from tests.servers import PrivatePostgres, PrivateRedis, failing_trigger
 

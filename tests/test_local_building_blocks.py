@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import socket
+import struct
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,13 +31,16 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from local.connections_api import (
     MAX_PAYLOAD_BYTES,
-    Behaviour,
+    TEST_SIGNING_KEY,
     ConnectionsServer,
-    RecordingSink,
+    SignatureError,
+    SigningKey,
+    verify_signature,
 )
 from local.identity import LocalIdentityProvider, subject_for
+from local.recording_sink import Behaviour, RecordingSink
 from local.services import EmbeddedServices, postgres_url
-from tests.local_server import is_running
+from tests.local_server import is_running, sigv4_headers
 
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_local"
 AUDIENCE = "local-app-client"
@@ -216,6 +224,10 @@ def make_client(url: str, **config: Any) -> Any:
     )
 
 
+def signed(server: ConnectionsServer, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    return sigv4_headers(TEST_SIGNING_KEY, method, server.url + path, body)
+
+
 @pytest.fixture
 def api(api_server: ConnectionsServer) -> Any:
     """A boto3 @connections client on this test's server (conftest's ``client`` is the Chalice test client)."""
@@ -266,7 +278,7 @@ def test_get_connection_and_delete_connection(api: Any, fresh_sink: RecordingSin
 def test_get_connection_body_has_iso_timestamps(api_server: ConnectionsServer, fresh_sink: RecordingSink) -> None:
     fresh_sink.open("c1")
     conn = http.client.HTTPConnection("127.0.0.1", api_server.port)
-    conn.request("GET", "/@connections/c1")
+    conn.request("GET", "/@connections/c1", headers=signed(api_server, "GET", "/@connections/c1"))
     body = json.loads(conn.getresponse().read())
     conn.close()
     assert set(body) == {"connectedAt", "identity", "lastActiveAt"}
@@ -354,19 +366,28 @@ def test_server_serves_1000_delayed_pushes_from_64_keepalive_connections(
     fresh_sink.open("c1")
     fresh_sink.inject(Behaviour(delay=0.02))
     local = threading.local()
+    opened: list[http.client.HTTPConnection] = []
 
     def push(n: int) -> int:
         if not hasattr(local, "conn"):
             local.conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=10)
-        local.conn.request("POST", "/prod/@connections/c1", body=b"%d" % n)
+            opened.append(local.conn)
+        body = b"%d" % n
+        local.conn.request(
+            "POST", "/prod/@connections/c1", body, signed(api_server, "POST", "/prod/@connections/c1", body)
+        )
         response = local.conn.getresponse()
         response.read()
         return response.status
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(64) as pool:
-        statuses = list(pool.map(push, range(1000)))
-    elapsed = time.perf_counter() - started
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(push, range(1000)))
+        elapsed = time.perf_counter() - started
+    finally:
+        for conn in opened:
+            conn.close()
     assert statuses == [200] * 1000
     assert fresh_sink.total_frames() == 1000
     assert elapsed < 5, f"{elapsed:.2f}s for 1000 pushes (20 s if serial)"
@@ -383,3 +404,147 @@ def test_stop_ends_keepalive_connections(fresh_sink: RecordingSink) -> None:
     with pytest.raises(BotoCoreError):  # refused or reset: nothing answers any more
         api.post_to_connection(ConnectionId="c1", Data=b"{}")
     assert len(fresh_sink.frames("c1")) == 1
+
+
+# -- @connections: signatures ---------------------------------------------------------------------------------
+
+
+def _message(headers: dict[str, str]) -> Message:
+    message = Message()
+    for name, value in headers.items():
+        message[name] = value
+    return message
+
+
+KEY = SigningKey("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+URL = "http://127.0.0.1:8000"
+PATH = "/prod/@connections/abc%3D"
+NOW = datetime(2026, 11, 28, 10, 33, 11, tzinfo=UTC)
+
+
+def _botocore(method: str = "POST", path: str = PATH, body: bytes = b"{}", key: SigningKey = KEY) -> dict[str, str]:
+    return {"Host": "127.0.0.1:8000", **sigv4_headers(key, method, URL + path, body, NOW)}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "error_type"),
+    [
+        ("POST", PATH, _botocore(), b"{}", None),
+        ("DELETE", "/@connections/x~y%2Fz", _botocore("DELETE", "/@connections/x~y%2Fz", b""), b"", None),
+        ("POST", PATH, {"Host": "127.0.0.1:8000"}, b"{}", "MissingAuthenticationTokenException"),
+        ("POST", PATH, {**_botocore(), "Authorization": "AWS4-HMAC-SHA256 x"}, b"{}", "IncompleteSignatureException"),
+        (
+            "POST",
+            PATH,
+            {k: v for k, v in _botocore().items() if k != "X-Amz-Date"},
+            b"{}",
+            "IncompleteSignatureException",
+        ),
+        (
+            "POST",
+            PATH,
+            _botocore(key=SigningKey("AKIDOTHER", KEY.secret_access_key)),
+            b"{}",
+            "UnrecognizedClientException",
+        ),
+        ("POST", PATH, _botocore(key=SigningKey(KEY.access_key_id, "wrong")), b"{}", "InvalidSignatureException"),
+        (
+            "POST",
+            PATH,
+            _botocore(key=SigningKey(KEY.access_key_id, KEY.secret_access_key, "eu-west-1")),
+            b"{}",
+            "InvalidSignatureException",
+        ),
+        ("POST", PATH, _botocore(body=b"{}"), b'{"forged": 1}', "InvalidSignatureException"),
+        ("POST", "/prod/@connections/other%3D", _botocore(), b"{}", "InvalidSignatureException"),
+        ("DELETE", PATH, _botocore(), b"{}", "InvalidSignatureException"),
+        ("POST", PATH, {**_botocore(), "Host": "evil.example"}, b"{}", "InvalidSignatureException"),
+    ],
+    ids=[
+        "botocore-post",
+        "botocore-delete",
+        "unsigned",
+        "malformed",
+        "no-date",
+        "unknown-key",
+        "wrong-secret",
+        "other-region",
+        "tampered-body",
+        "other-connection",
+        "other-method",
+        "other-host",
+    ],
+)
+def test_signatures_are_checked_as_api_gateway_checks_them(
+    method: str, path: str, headers: dict[str, str], body: bytes, error_type: str | None
+) -> None:
+    now = NOW.timestamp() + 60
+    if error_type is None:
+        verify_signature(KEY, method, path, _message(headers), body, now)
+        return
+    with pytest.raises(SignatureError) as refused:
+        verify_signature(KEY, method, path, _message(headers), body, now)
+    assert refused.value.error_type == error_type
+
+
+def test_a_signature_older_or_newer_than_15_minutes_has_expired() -> None:
+    headers = _message(_botocore())
+    verify_signature(KEY, "POST", PATH, headers, b"{}", NOW.timestamp() + 14 * 60)
+    for skew in (-16 * 60, 16 * 60):
+        with pytest.raises(SignatureError, match="expired"):
+            verify_signature(KEY, "POST", PATH, headers, b"{}", NOW.timestamp() + skew)
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
+def test_unsigned_calls_are_refused_and_reach_nothing(
+    api_server: ConnectionsServer, fresh_sink: RecordingSink, method: str
+) -> None:
+    fresh_sink.open("c1")
+    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=5)
+    try:
+        conn.request(method, "/@connections/c1", body=b'{"forged": true}' if method == "POST" else None)
+        response = conn.getresponse()
+        assert response.status == 403
+        assert response.getheader("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
+        assert json.loads(response.read()) == {"message": "Missing Authentication Token"}
+    finally:
+        conn.close()
+    assert (fresh_sink.attempts("c1"), fresh_sink.deleted, fresh_sink.is_open("c1")) == (0, [], True)
+
+
+def test_a_client_signing_with_another_key_gets_a_modelled_error(api_server: ConnectionsServer) -> None:
+    stranger = boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=api_server.url,
+        region_name="us-east-1",
+        aws_access_key_id=TEST_SIGNING_KEY.access_key_id,
+        aws_secret_access_key="not-the-secret",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    with pytest.raises(ClientError) as refused:
+        stranger.post_to_connection(ConnectionId="c1", Data=b"{}")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+# -- @connections: clients that hang up -------------------------------------------------------------------------
+
+
+def test_a_client_that_resets_mid_request_is_one_debug_line_and_nothing_on_stderr(
+    api_server: ConnectionsServer, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="local.connections_api")
+    for partial in [b'POST /@connections/c1 HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{"par', b"GET /@conn"]:
+        sock = socket.create_connection(("127.0.0.1", api_server.port))
+        sock.sendall(partial)
+        time.sleep(0.1)  # the server is now waiting for the rest
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a FIN
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not [r for r in caplog.records if "went away" in r.getMessage()]:
+        time.sleep(0.05)
+    gone = [record for record in caplog.records if "went away" in record.getMessage()]
+    assert gone, [record.getMessage() for record in caplog.records]
+    assert all(record.levelno == logging.DEBUG and record.exc_info is None for record in gone)
+    assert all("\n" not in record.getMessage() for record in gone)
+    assert capfd.readouterr().err == ""

@@ -6,6 +6,8 @@ tests share one server that uses the session's PostgreSQL and Redis; the restart
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -13,25 +15,38 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import boto3
 import jwt
+import psutil
 import pytest
 import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 
 from chalicelib.registry import RedisRegistry
+from local.connections_api import TEST_SIGNING_KEY, SigningKey
 from local.rest_gateway import gateway_claims
 from local.websocket_gateway import MAX_MESSAGE_BYTES
 from tests.conftest import new_user
-from tests.local_server import CLIENT_ID, ROOT, LocalServer, is_running, server_env, session_server, start_server
+from tests.local_server import (
+    CLIENT_ID,
+    ROOT,
+    LocalServer,
+    is_running,
+    server_env,
+    session_server,
+    sigv4_headers,
+    start_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +287,13 @@ def test_the_apps_boto3_client_pushes_reads_and_closes_through_connections(
     server: LocalServer, connections_of: Callable[[str], list[str]]
 ) -> None:
     alice = new_user("alice")
+    key = server.signing_key()
     client = boto3.session.Session().client(
         "apigatewaymanagementapi",
         endpoint_url=server.rest_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
+        region_name=key.region,
+        aws_access_key_id=key.access_key_id,
+        aws_secret_access_key=key.secret_access_key,
     )
     with server.socket(server.token(alice)) as ws:
         assert eventually(lambda: len(connections_of(alice)) == 1)
@@ -295,6 +311,196 @@ def test_the_apps_boto3_client_pushes_reads_and_closes_through_connections(
     assert eventually(lambda: connections_of(alice) == [])
     with pytest.raises(client.exceptions.GoneException):
         client.post_to_connection(ConnectionId=connection_id, Data=b"{}")
+
+
+def _forge(server: LocalServer, forgery: str, method: str, path: str, body: bytes) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a ``@connections`` call that API Gateway would refuse, one way or another."""
+    key, url = server.signing_key(), server.rest_url + path
+    if forgery == "unsigned":
+        return body, {}
+    if forgery == "garbage":
+        now = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return body, {"Authorization": "AWS4-HMAC-SHA256 Credential=local, Signature=0", "X-Amz-Date": now}
+    if forgery == "signature-only":
+        signed = sigv4_headers(key, method, url, body)
+        return body, {"Authorization": signed["Authorization"]}  # no X-Amz-Date
+    if forgery == "wrong-secret":
+        return body, sigv4_headers(SigningKey(key.access_key_id, "not-the-secret"), method, url, body)
+    if forgery == "another-key":
+        return body, sigv4_headers(SigningKey.generate(), method, url, body)
+    if forgery == "the-test-key":
+        return body, sigv4_headers(TEST_SIGNING_KEY, method, url, body)
+    if forgery == "tampered-body":
+        return b'{"type":"forged"}', sigv4_headers(key, method, url, body)
+    if forgery == "another-connection":
+        return body, sigv4_headers(key, method, server.rest_url + "/@connections/other%3D", body)
+    if forgery == "expired":
+        return body, sigv4_headers(key, method, url, body, datetime.now(UTC) - timedelta(minutes=20))
+    raise AssertionError(forgery)
+
+
+FORGERIES = [
+    "unsigned",
+    "garbage",
+    "signature-only",
+    "wrong-secret",
+    "another-key",
+    "the-test-key",
+    "tampered-body",
+    "another-connection",
+    "expired",
+]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_connections_refuses_calls_not_signed_with_the_servers_key(
+    server: LocalServer, connections_of: Callable[[str], list[str]], forgery: str
+) -> None:
+    alice = new_user("alice")
+    with server.socket(server.token(alice)) as ws:
+        assert eventually(lambda: len(connections_of(alice)) == 1)
+        (connection_id,) = connections_of(alice)
+        path = f"/@connections/{quote(connection_id, safe='')}"
+        for method, body in [("POST", b'{"type":"hello"}'), ("DELETE", b""), ("GET", b"")]:
+            sent, headers = _forge(server, forgery, method, path, body)
+            status, _headers, raw = server.request(method, path, sent, headers)
+            assert status == 403, (method, raw)
+            assert set(json.loads(raw)) == {"message"}
+            if forgery == "unsigned":
+                assert json.loads(raw) == {"message": "Missing Authentication Token"}
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)  # nothing was delivered, and the socket is still open
+        assert connections_of(alice) == [connection_id]
+
+        status, _headers, raw = server.signed_request("POST", path, b'{"type":"signed"}')
+        assert status == 200, raw
+        assert ws.recv(timeout=5) == '{"type":"signed"}'
+
+
+def test_a_push_from_the_apps_boto3_client_passes_the_signature_check(app_environment: None, tmp_path: Path) -> None:
+    env = server_env(
+        tmp_path / "data",
+        DATABASE_URL=os.environ["DATABASE_URL"],
+        REDIS_URL=os.environ["REDIS_URL"],
+        REDIS_KEY_PREFIX=f"chat-local-{uuid.uuid4().hex[:8]}:",
+        PUSH_CLIENT="boto3",
+    )
+    running = start_server(tmp_path / "data", env)
+    try:
+        alice, bob = new_user("alice"), new_user("bob")
+        alice_token, bob_token = running.token(alice), running.token(bob)
+        conversation_id = running.direct(alice_token, bob)
+        with running.socket(alice_token) as sender, running.socket(bob_token) as receiver:
+            frame = {"action": "send-message", "tempMessageId": "t1", "conversationId": conversation_id}
+            sender.send(json.dumps({**frame, "content": "through boto3"}))
+            assert json.loads(receiver.recv(timeout=5))["content"] == "through boto3"
+    finally:
+        assert running.stop() == 0, running.output()
+    assert "refused" not in running.output()
+
+
+def test_each_start_signs_with_a_new_key_kept_private(server: LocalServer) -> None:
+    key = server.signing_key()
+    assert key.access_key_id != TEST_SIGNING_KEY.access_key_id and len(key.secret_access_key) >= 40
+    assert (server.data_dir / "aws-credentials").stat().st_mode & 0o777 == 0o600
+    assert key.secret_access_key not in server.output()
+
+
+def _raw_exchange(server: LocalServer, head: bytes, body: Iterable[bytes] = ()) -> tuple[bytes, int]:
+    """Send ``head`` then ``body`` on a raw socket while another thread reads the answer; stop sending when the
+    server closes. Returns the answer and how many body bytes went out."""
+    parts = urlsplit(server.rest_url)
+    answer = bytearray()
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=20) as sock:
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    answer.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        sent = 0
+        try:
+            sock.sendall(head)
+            for piece in body:
+                sock.sendall(piece)
+                sent += len(piece)
+        except OSError:
+            pass  # the server closed: what we were sending was refused
+        reader.join(timeout=20)
+    return bytes(answer), sent
+
+
+def _parse(answer: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def _request_head(path: str, *fields: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Origin: http://localhost:4200", *fields, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def test_a_200_mb_chunked_body_is_refused_as_it_streams_without_being_buffered(server: LocalServer) -> None:
+    process = psutil.Process(server.process.pid)
+    before = process.memory_info().rss
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.002)
+
+    def chunks(total: int = 200 * 1024 * 1024, size: int = 64 * 1024) -> Iterator[bytes]:
+        piece = b"%x\r\n" % size + b"x" * size + b"\r\n"
+        for _ in range(total // size):
+            yield piece
+        yield b"0\r\n\r\n"
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        head = _request_head("/conversation", "Content-Type: application/json", "Transfer-Encoding: chunked")
+        answer, sent = _raw_exchange(server, head, chunks())
+    finally:
+        done.set()
+        sampler.join()
+    status, headers, body = _parse(answer)
+    assert status == 413
+    assert body["Code"] == "PayloadTooLarge" and set(body) == {"Code", "Message"}
+    assert headers["access-control-allow-origin"] == "http://localhost:4200"
+    assert headers["connection"] == "close"
+    assert sent < 100 * 1024 * 1024, f"{sent} bytes went out before the server closed"
+    assert peak - before < 40 * 1024 * 1024, f"the server's RSS grew by {(peak - before) >> 20} MB"
+    assert server.call("GET", "/_local/config", None)[0] == 200  # and it still serves
+
+
+def test_an_over_long_content_length_is_refused_before_the_body_arrives(server: LocalServer) -> None:
+    head = _request_head("/conversation", "Content-Type: application/json", f"Content-Length: {200 * 1024 * 1024}")
+    started = time.monotonic()
+    answer, _sent = _raw_exchange(server, head)  # no body at all: a server waiting for it would never answer
+    status, headers, body = _parse(answer)
+    assert (status, body["Code"]) == (413, "PayloadTooLarge")
+    assert headers["access-control-allow-origin"] == "http://localhost:4200"
+    assert time.monotonic() - started < 5
+
+
+def test_a_chunked_body_within_the_limit_reaches_its_route(server: LocalServer) -> None:
+    parts = urlsplit(server.rest_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        pieces = iter([b'{"user', b'name": "chunky"}'])
+        conn.request("POST", "/_local/token", body=pieces, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 200
+        assert "idToken" in json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def test_idle_timeout_and_maximum_duration(tmp_path: Path, connections_of: Callable[[str], list[str]]) -> None:

@@ -10,7 +10,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from chalicelib.push import GoneError, PushFailed, SignedConnectionsClient
-from local.connections_api import Behaviour, ConnectionsServer, RecordingSink
+from local.connections_api import ConnectionsServer
+from local.recording_sink import Behaviour, RecordingSink
 
 ENDPOINT = "https://abc123.execute-api.us-east-1.amazonaws.com/prod"
 MOMENT = datetime(2026, 11, 28, 10, 33, 11, tzinfo=UTC)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chalicelib.wiring import get_database, get_registry, get_service
-from local.connections_api import Behaviour, RecordingSink
+from local.recording_sink import Behaviour, RecordingSink
 from tests.conftest import Rest, Sockets, new_user
 
 
