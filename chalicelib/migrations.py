@@ -43,7 +43,7 @@ SCHEMA_FILE = "schema.sql"
 APPLICATION_NAME = "chat-api migrations"
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same for every runner.
-_LOCK_KEY = 7_301_994_211
+LOCK_KEY = 7_301_994_211
 # SQLSTATE classes that mean the session is gone: 08 connection exception, 57P0x the server ending it
 # (pg_terminate_backend, shutdown, crash).
 _SESSION_ENDED = re.compile(r"^(08...|57P0.)$")
@@ -147,7 +147,7 @@ def _apply(connection: pg8000.native.Connection, migrations: list[Migration], ta
 
     current = "before the first migration"
     try:
-        connection.run("SELECT pg_advisory_lock(:key)", key=_LOCK_KEY)
+        connection.run("SELECT pg_advisory_lock(:key)", key=LOCK_KEY)
         connection.run(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
@@ -198,7 +198,7 @@ def _apply(connection: pg8000.native.Connection, migrations: list[Migration], ta
         done.append(migration)
     with contextlib.suppress(InterfaceError, OSError, DatabaseError):
         # Closing the session would release it too; unlocking first frees waiting runners sooner.
-        connection.run("SELECT pg_advisory_unlock(:key)", key=_LOCK_KEY)
+        connection.run("SELECT pg_advisory_unlock(:key)", key=LOCK_KEY)
     return done
 
 
@@ -212,15 +212,14 @@ def _session_ended(error: DatabaseError) -> bool:
 
 
 def _reason(error: BaseException) -> str:
-    """One line from a pg8000 or socket error: the server's message, or the innermost cause."""
+    """One line from a pg8000 or socket error: the server's message, or the socket error under it."""
     details = error.args[0] if error.args else None
     if isinstance(details, dict) and details.get("M"):
         return str(details["M"])
     cause = error.__cause__ or error.__context__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text
+    if isinstance(cause, OSError):  # refused, unreachable, timed out
+        return cause.strerror.lower() if cause.strerror else str(cause) or type(cause).__name__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None, *, prog: str = "migrate") -> int:

@@ -27,6 +27,7 @@ import pytest
 from chalicelib.config import Settings, settings_from_env
 from chalicelib.migrations import (
     APPLICATION_NAME,
+    LOCK_KEY,
     SCHEMA_FILE,
     ConnectionLost,
     MigrationError,
@@ -216,13 +217,13 @@ def test_the_advisory_lock_is_taken_on_the_migration_connection(empty_database: 
     write(tmp_path, {"0001_first.sql": "CREATE TABLE first (id int);"})
     holder = connect(empty_database.url)
     try:
-        holder.run("SELECT pg_advisory_lock(7301994211)")
+        holder.run("SELECT pg_advisory_lock(:key)", key=LOCK_KEY)
         thread, outcome = run_in_thread(empty_database.settings, tmp_path)
         # The runner's own backend is the one waiting for the lock, before it has touched anything.
         assert wait_for(lambda: migration_backend(empty_database, "pg_advisory_lock"))
         time.sleep(0.2)
         assert thread.is_alive() and "first" not in empty_database.tables()
-        holder.run("SELECT pg_advisory_unlock(7301994211)")
+        holder.run("SELECT pg_advisory_unlock(:key)", key=LOCK_KEY)
         thread.join(10)
     finally:
         holder.close()
@@ -239,7 +240,8 @@ def test_0003_copies_each_conversations_latest_message(empty_database: Scratch, 
     # Data written under 0001-0002 (no latest-message columns yet), then 0003 applied on top of it.
     copy_migrations(tmp_path, "0001_initial.sql", "0002_connections.sql")
     apply_migrations(empty_database.settings, tmp_path)
-    busy, empty, latest = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002", None
+    busy, empty = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    latest = "00000000-0000-4000-8000-0000000000aa"
     empty_database.run(
         "INSERT INTO conversation_table (conversation_id, is_group, created_by, last_seq, direct_user_low,"
         " direct_user_high) VALUES (CAST(:busy AS uuid), false, 'a', 2, 'a', 'b'),"
@@ -247,7 +249,6 @@ def test_0003_copies_each_conversations_latest_message(empty_database: Scratch, 
         busy=busy,
         empty=empty,
     )
-    latest = "00000000-0000-4000-8000-0000000000aa"
     empty_database.run(
         "INSERT INTO message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content)"
         " VALUES (gen_random_uuid(), CAST(:c AS uuid), 1, 'a', 't1', 'first'),"
@@ -336,7 +337,7 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relname <> 'schema_migrations'
 UNION ALL
 SELECT format('column %s #%s %s %s%s%s%s%s', c.relname,
-              row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum), a.attname,
+              lpad((row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum))::text, 3, '0'), a.attname,
               format_type(a.atttypid, a.atttypmod),
               CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
               ' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid),
