@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -501,6 +502,42 @@ def test_a_chunked_body_within_the_limit_reaches_its_route(server: LocalServer) 
         assert "idToken" in json.loads(response.read())
     finally:
         conn.close()
+
+
+def _reset_after(url: str, data: bytes) -> None:
+    """Connect, send ``data`` (a request cut short, or whole but never read), then drop with a TCP reset."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5)
+    try:
+        sock.sendall(data)
+        time.sleep(0.05)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+
+
+def test_clients_that_hang_up_leave_no_tracebacks_in_the_servers_output(server: LocalServer) -> None:
+    http_url, ws_url = server.rest_url, server.ws_url.replace("ws://", "http://", 1)
+    handshake = (
+        b"GET /?Authorization=not-a-token HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    rude = [
+        (http_url, b"POST /conversation HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"),  # inside the body
+        (http_url, b"POST /_local/token HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"),  # inside a chunk
+        (http_url, b"GET /_loc"),  # inside the request line
+        (http_url, b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 20),  # answers never read
+        (ws_url, b"GET / HTTP/1.1\r\nHost: x\r\n"),  # inside the handshake
+        (ws_url, handshake),  # before reading the refusal
+    ]
+    before = len(server.output())
+    for _ in range(5):
+        for url, data in rude:
+            _reset_after(url, data)
+    assert server.call("GET", "/_local/config", None)[0] == 200  # every rude client has been dealt with
+    time.sleep(0.3)
+    added = server.output()[before:]
+    assert not re.search(r"Traceback|Error|Exception|----", added), added
 
 
 def test_idle_timeout_and_maximum_duration(tmp_path: Path, connections_of: Callable[[str], list[str]]) -> None:
