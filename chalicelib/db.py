@@ -3,8 +3,10 @@
 One ``Database`` per process holds one connection, reused across warm Lambda
 invocations (RDS Proxy pools behind it). Every statement the app runs is a
 single autocommit statement (data-modifying CTEs do the multi-table writes), so
-a connection found dead is re-opened and the statement retried once: a send
-that did reach the server and commit is caught by its idempotency key.
+a connection found dead is re-opened and the statement retried once. A retried
+write may meet what its own first attempt committed unseen: the repository tells
+that apart by the ids it chose (see its docstring). Migrations do not come here:
+they run several statements in one transaction on a connection of their own.
 """
 
 from __future__ import annotations

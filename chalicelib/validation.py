@@ -112,7 +112,7 @@ def nesting_depth_exceeds(text: str, limit: int) -> bool:
             depth += 1
             if depth > limit:
                 return True
-        else:
+        elif depth:  # a stray closer is the parser's to refuse; it must not hide later openers
             depth -= 1
     return False
 

@@ -1,7 +1,7 @@
 """Every per-request query in chalicelib/queries uses the index it was written for (style rule 4).
 
-A private database gets the migrations and enough rows for the planner to prefer indexes on its own
-(no ``enable_seqscan`` tricks): a few thousand conversations, 100,000 messages, then ANALYZE. Each query is
+The module's own database (a clone of the migrated template) gets enough rows for the planner to prefer indexes
+on its own (no ``enable_seqscan`` tricks): a few thousand conversations, 100,000 messages, then ANALYZE. Each query is
 EXPLAINed with realistic parameters; its plan must name the expected indexes and never scan message_table,
 participant_table or connection_table sequentially. A query added without an entry here fails the test.
 """
@@ -9,20 +9,16 @@ participant_table or connection_table sequentially. A query added without an ent
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pg8000.native
 import pytest
 
 from chalicelib.config import settings_from_env
-from chalicelib.db import Database, connection_parameters
-from chalicelib.migrations import apply_migrations
+from chalicelib.db import Database
 from chalicelib.sql import load_queries
-from local.services import EmbeddedServices
-from tests.conftest import ROOT, with_database
+from tests.databases import connect
 
 CONVERSATIONS = 5_000
 MESSAGES_EACH = 20
@@ -73,26 +69,14 @@ ANALYZE;
 
 
 @pytest.fixture(scope="module")
-def planner_db(services: EmbeddedServices) -> Iterator[Database]:
-    name = f"chatapi_plans_{uuid.uuid4().hex[:12]}"
-    admin_params = connection_parameters(settings_from_env({"DATABASE_URL": services.database_url}).database, "x")
-    admin = pg8000.native.Connection(**admin_params)
-    admin.run(f'CREATE DATABASE "{name}"')
-    url = with_database(services.database_url, name)
-    database = Database(settings_from_env({"DATABASE_URL": url}))
-    try:
-        apply_migrations(database, ROOT / "sql")
-        # The app's connection times requests out after 5 s; loading is not a request.
-        loader = pg8000.native.Connection(
-            **{**connection_parameters(settings_from_env({"DATABASE_URL": url}).database, "x"), "timeout": None}
-        )
-        loader.run(SEED)
-        loader.close()
-        yield database
-    finally:
-        database.close()
-        admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def planner_db(database_url: str) -> Iterator[Database]:
+    """This module's migrated database (its own clone), loaded and analyzed."""
+    loader = connect(database_url)  # no request timeout: loading is not a request
+    loader.run(SEED)
+    loader.close()
+    database = Database(settings_from_env({"DATABASE_URL": database_url}))
+    yield database
+    database.close()
 
 
 def parameters(sql: str, database: Database) -> dict[str, Any]:
@@ -122,6 +106,7 @@ def parameters(sql: str, database: Database) -> dict[str, Any]:
         "high": MESSAGES_EACH,
         "connection_id": "conn-1=",
         "max_age_s": 7200,
+        "read_at": datetime.now(UTC),
     }
     names = set(re.findall(r"(?<![:\w]):([a-z_][a-z0-9_]*)", sql))
     unknown = names - values.keys()

@@ -59,31 +59,27 @@ WHERE message_id = :message_id AND conversation_id = :conversation_id;
 
 -- name: mark_read
 -- Move the reader's watermark to the latest message; reports where it stands when this request moved it.
--- One row update however many messages were unread. No row means not a participant. The read time is
--- the caller's (:read_at), so a re-run whose first attempt committed unseen (a lost connection)
--- recognises its own write by it and still reports the receipt.
+-- One row update however many messages were unread; a read that moves nothing writes nothing. No row
+-- means not a participant. The read time is the caller's (:read_at): a re-run whose first attempt
+-- committed unseen (a lost connection) finds the row carrying it, rewrites it and so still reports the
+-- receipt, even when it started before that attempt committed (the UPDATE re-checks the newest row).
 WITH me AS (
-    SELECT p.last_read_seq, p.last_read_at, c.last_seq
+    SELECT c.last_seq
     FROM participant_table p
     JOIN conversation_table c ON c.conversation_id = p.conversation_id
     WHERE p.conversation_id = :conversation_id AND p.user_id = :user_id
 ), advanced AS (
     UPDATE participant_table p
-    SET last_read_seq = me.last_seq, last_read_at = CAST(:read_at AS timestamptz)
+    SET last_read_seq = GREATEST(p.last_read_seq, me.last_seq), last_read_at = CAST(:read_at AS timestamptz)
     FROM me
     WHERE p.conversation_id = :conversation_id AND p.user_id = :user_id
-      AND p.last_read_seq < me.last_seq
+      AND (p.last_read_seq < me.last_seq OR p.last_read_at = CAST(:read_at AS timestamptz))
     RETURNING p.last_read_seq, p.last_read_at
-), moved AS (
-    SELECT a.last_read_seq, a.last_read_at FROM advanced a
-    UNION ALL
-    SELECT me.last_read_seq, me.last_read_at FROM me
-    WHERE me.last_read_at = CAST(:read_at AS timestamptz) AND NOT EXISTS (SELECT 1 FROM advanced)
 )
-SELECT me.last_seq, r.last_read_seq, r.last_read_at,
+SELECT me.last_seq, a.last_read_seq, a.last_read_at,
        (SELECT m.message_id FROM message_table m
-        WHERE m.conversation_id = :conversation_id AND m.seq = r.last_read_seq) AS last_read_message_id,
+        WHERE m.conversation_id = :conversation_id AND m.seq = a.last_read_seq) AS last_read_message_id,
        ARRAY(SELECT o.user_id FROM participant_table o
              WHERE o.conversation_id = :conversation_id ORDER BY o.user_id) AS participant_ids
 FROM me
-LEFT JOIN moved r ON true;
+LEFT JOIN advanced a ON true;
