@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chalicelib.errors import TooManyRequests
-from chalicelib.registry import BUCKET_LUA, unavailable_on_redis_error, user_key
+from chalicelib.registry import BUCKET_LUA, LuaScript, unavailable_on_redis_error, user_key
 
 if TYPE_CHECKING:
     from chalicelib.registry import RedisClient
@@ -44,7 +44,7 @@ class RateLimiter:
         """``clock`` is the buckets' time source (tests pass a fake one)."""
         self._prefix = prefix
         self._clock = clock
-        self._take = client.register_script(_TAKE)
+        self._take = LuaScript(client, _TAKE)
 
     def key(self, user_id: str, bucket: str) -> str:
         """Where ``bucket`` of ``user_id`` lives."""

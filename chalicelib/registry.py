@@ -55,9 +55,10 @@ Every Redis failure (refused, timed out, reset, cluster down or redirected) surf
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeAlias, TypeVar
 
 from chalicelib.errors import TooManyRequests
 
@@ -155,6 +156,27 @@ def unavailable_on_redis_error(method: Callable[_P, _T]) -> Callable[_P, _T]:
     return guarded
 
 
+class LuaScript:
+    """A Lua script run with EVALSHA, and with EVAL on the one node that does not have it cached yet.
+
+    redis-py's own ``Script`` loads a missing script with ``SCRIPT LOAD``, which ``RedisCluster`` sends to
+    every primary: with one master down, a script not yet cached could then run on none of them.
+    """
+
+    def __init__(self, client: RedisClient, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, *, keys: list[str], args: list[object]) -> Any:
+        import redis
+
+        try:
+            return self._client.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+        except redis.exceptions.NoScriptError:
+            return self._client.eval(self._source, len(keys), *keys, *args)  # type: ignore[arg-type]
+
+
 def user_key(prefix: str, user_id: str, name: str) -> str:
     """A key of one user's, hash-tagged so all of that user's keys share a cluster slot."""
     return f"{prefix}{{u:{user_id}}}:{name}"
@@ -185,8 +207,8 @@ class RedisRegistry:
         self._send_burst = max(1, send_burst)
         self._max_connections = max(0, max_connections_per_user)
         self._clock = clock
-        self._register = client.register_script(_REGISTER)
-        self._touch = client.register_script(_TOUCH)
+        self._register = LuaScript(client, _REGISTER)
+        self._touch = LuaScript(client, _TOUCH)
 
     def _conn_key(self, connection_id: str) -> str:
         return f"{self._prefix}conn:{connection_id}"
