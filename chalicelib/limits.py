@@ -7,7 +7,9 @@ with the seconds until one is back. A bucket expires once it would be full again
 nothing. A rate of 0 turns a bucket off without touching Redis.
 
 Redis failures raise ``RegistryUnavailable`` like the registry's; callers fail open on it (log a warning,
-serve the request): API Gateway's stage throttling still stands in front.
+serve the request): API Gateway's stage throttling still stands in front. After a failure the limiter skips
+Redis for a few seconds (raising ``RegistryUnavailable`` at once), so a stalled Redis does not add its
+timeout to every REST call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chalicelib.errors import TooManyRequests
-from chalicelib.registry import BUCKET_LUA, LuaScript, unavailable_on_redis_error, user_key
+from chalicelib.registry import BUCKET_LUA, LuaScript, RegistryUnavailable, unavailable_on_redis_error, user_key
 
 if TYPE_CHECKING:
     from chalicelib.registry import RedisClient
@@ -38,29 +40,52 @@ return {allowed, wait}
 
 
 class RateLimiter:
-    """Named per-user token buckets on Redis (standalone or cluster mode)."""
+    """Named per-user token buckets on Redis (standalone or cluster mode).
 
-    def __init__(self, client: RedisClient, *, prefix: str = "chat:", clock: Callable[[], float] = time.time) -> None:
+    After a Redis failure it stops asking for ``unavailable_cooldown_s`` and raises ``RegistryUnavailable`` at
+    once: REST fails open on it, and a paused Redis would otherwise add its full timeout to every request.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "chat:",
+        clock: Callable[[], float] = time.time,
+        unavailable_cooldown_s: float = 5.0,
+    ) -> None:
         """``clock`` is the buckets' time source (tests pass a fake one)."""
         self._prefix = prefix
         self._clock = clock
+        self._cooldown = unavailable_cooldown_s
+        self._skip_until = 0.0
         self._take = LuaScript(client, _TAKE)
 
     def key(self, user_id: str, bucket: str) -> str:
         """Where ``bucket`` of ``user_id`` lives."""
         return user_key(self._prefix, user_id, f"limit:{bucket}")
 
-    @unavailable_on_redis_error
     def take(self, user_id: str, bucket: str, *, rate_per_s: float, burst: int) -> None:
         """Spend one token of ``user_id``'s ``bucket``; raises ``TooManyRequests`` with ``retry_after_s`` when empty.
 
-        ``rate_per_s`` 0 (or less) turns the bucket off.
+        ``rate_per_s`` 0 (or less) turns the bucket off. Raises ``RegistryUnavailable`` when Redis failed
+        (now, or within the cooldown).
         """
         if rate_per_s <= 0:
             return
-        allowed, wait = self._take(keys=[self.key(user_id, bucket)], args=[self._clock(), rate_per_s, max(1, burst)])
-        if not int(allowed):
-            retry_after = float(wait.decode() if isinstance(wait, bytes) else wait)
+        if time.monotonic() < self._skip_until:
+            raise RegistryUnavailable(f"skipped: Redis failed within the last {self._cooldown:g} s")
+        try:
+            allowed, retry_after = self._take_token(self.key(user_id, bucket), rate_per_s, max(1, burst))
+        except RegistryUnavailable:
+            self._skip_until = time.monotonic() + self._cooldown
+            raise
+        if not allowed:
             raise TooManyRequests(
                 f"Too many requests; try again in {max(1, math.ceil(retry_after))} s", retry_after_s=retry_after
             )
+
+    @unavailable_on_redis_error
+    def _take_token(self, key: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
+        allowed, wait = self._take(keys=[key], args=[self._clock(), rate_per_s, burst])
+        return bool(int(allowed)), float(wait.decode() if isinstance(wait, bytes) else wait)

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from chalicelib.errors import TooManyRequests
 from chalicelib.limits import RateLimiter
@@ -345,7 +347,7 @@ def test_a_rest_rate_of_zero_is_no_limit_and_touches_nothing(setup: Setup) -> No
 
 
 def test_an_unreachable_redis_is_registry_unavailable_for_every_operation() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.5, socket_timeout=0.5)
+    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 1))
     reg = RedisRegistry(dead, ttl_seconds=60)
     limiter = RateLimiter(dead)
     calls = [
@@ -358,3 +360,30 @@ def test_an_unreachable_redis_is_registry_unavailable_for_every_operation() -> N
     for call in calls:
         with pytest.raises(RegistryUnavailable):
             call()
+
+
+def test_after_a_redis_failure_the_limiter_fails_fast_for_its_cooldown_then_asks_again() -> None:
+    from tests.servers import PrivateRedis
+
+    server = PrivateRedis().start()
+    client = redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    limiter = RateLimiter(client, prefix="cooldown:", unavailable_cooldown_s=0.5)
+
+    def take() -> None:
+        limiter.take("alice", "rest", rate_per_s=100, burst=100)
+
+    try:
+        take()
+        server.pause()  # answers nothing: each call would wait for the full timeout
+        with pytest.raises(RegistryUnavailable, match="TimeoutError"):
+            take()
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="skipped"):
+            take()
+        assert time.monotonic() - started < 0.05
+        server.resume()
+        time.sleep(0.6)
+        take()  # asked again once the cooldown is over
+    finally:
+        server.kill()
+        client.close()
