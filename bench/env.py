@@ -2,7 +2,8 @@
 
 The dataset lives in a dedicated database (``chatapi_bench``) created on the server ``DATABASE_URL`` names, or on
 an embedded PostgreSQL under ``.data/bench`` when it is unset, so it survives between runs and never mixes with
-the test suite's databases. Redis keys get a per-run prefix.
+the test suite's databases. Redis keys get a per-run prefix. Creating and migrating it goes through the same
+helpers as the tests' scratch databases (``tests/databases.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
-
-import pg8000.native
 
 from chalicelib.config import settings_from_env
-from chalicelib.db import Database, connection_parameters
-from chalicelib.migrations import apply_migrations
+from chalicelib.db import Database
 from local.environment import app_configured
+from tests.databases import connect, ensure_database
+
+__all__ = [
+    "BENCH_DATABASE",
+    "CLIENT_ID",
+    "ISSUER",
+    "ROOT",
+    "app_environment",
+    "connect",
+    "database_for",
+    "ensure_bench_database",
+    "ensure_database",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "chatapi_bench"
@@ -27,44 +37,14 @@ ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_BENCH"
 CLIENT_ID = "bench-app-client"
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL, naming another database."""
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
-
-
-def connect(url: str) -> pg8000.native.Connection:
-    """A raw pg8000 connection (COPY, DDL) with the app's own URL parsing."""
-    settings = settings_from_env({"DATABASE_URL": url})
-    params = connection_parameters(settings.database, "us-east-1")
-    params["timeout"] = None  # the app's 5 s socket timeout is for requests, not for bulk loads
-    return pg8000.native.Connection(**params)
-
-
 def database_for(url: str, timeout_s: float = 5.0) -> Database:
     """The app's ``Database`` (what the handlers use) on ``url``; its socket timeout is ``timeout_s``."""
     return Database(settings_from_env({"DATABASE_URL": url, "DB_CONNECT_TIMEOUT": str(timeout_s)}))
 
 
-def ensure_database(server_url: str, name: str) -> str:
-    """Create database ``name`` on the server unless it exists; its URL."""
-    admin = connect(server_url)
-    try:
-        if not admin.run("SELECT 1 FROM pg_database WHERE datname = :name", name=name):
-            admin.run(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
-    return with_database(server_url, name)
-
-
 def ensure_bench_database(server_url: str) -> str:
     """Create ``chatapi_bench`` on the server if missing, apply the migrations, return its URL."""
-    url = ensure_database(server_url, BENCH_DATABASE)
-    database = database_for(url)
-    try:
-        apply_migrations(database, ROOT / "sql")
-    finally:
-        database.close()
-    return url
+    return ensure_database(server_url, BENCH_DATABASE, migrated=True)
 
 
 @contextmanager

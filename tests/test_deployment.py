@@ -19,6 +19,8 @@ from local.identity import LocalIdentityProvider
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TEST"
 BIN = Path(sys.executable).parent
+# `chalice package` and cfn-lint, twice: a minute of the suite; no server, but not for make test-unit.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
@@ -29,8 +31,15 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     for name in ("DATABASE_URL", "REDIS_URL", "COGNITO_USER_POOL_ARN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(name, None)
     subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", request.param,
-         "--merge-template", ".chalice/merge-template.json", str(out)],
+        [
+            str(BIN / "chalice"),
+            "package",
+            "--stage",
+            request.param,
+            "--merge-template",
+            ".chalice/merge-template.json",
+            str(out),
+        ],
         cwd=ROOT,
         env=env,
         check=True,
@@ -38,9 +47,7 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         timeout=600,
     )
     # As `make package` does: bytecode into the zip (tools/precompile_package.py).
-    subprocess.run(
-        [sys.executable, "tools/precompile_package.py", str(out)], cwd=ROOT, check=True, capture_output=True
-    )
+    subprocess.run([sys.executable, "tools/precompile_package.py", str(out)], cwd=ROOT, check=True, capture_output=True)
     return out, json.loads((out / "sam.json").read_text())
 
 

@@ -61,6 +61,7 @@ def pg_connect(url: str) -> pg8000.native.Connection:
     )
 
 
+@pytest.mark.integration  # starts embedded PostgreSQL and Redis of its own
 def test_embedded_services_serve_stop_and_keep_data_across_restarts(tmp_path: Path) -> None:
     with EmbeddedServices(tmp_path, env={}) as services:
         assert services.started == ["postgres", "redis"]

@@ -284,7 +284,7 @@ def test_a_message_over_128_kb_closes_the_socket_with_1009(server: LocalServer) 
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
-def test_the_apps_boto3_client_pushes_reads_and_closes_through_connections(
+def test_boto3s_client_pushes_reads_and_closes_through_connections(
     server: LocalServer, connections_of: Callable[[str], list[str]]
 ) -> None:
     alice = new_user("alice")
@@ -614,6 +614,7 @@ def embedded_data_dir() -> Iterator[Path]:
         yield Path(parent) / "data"
 
 
+@pytest.mark.integration  # the server starts embedded PostgreSQL and Redis of its own
 def test_embedded_data_survives_a_restart_and_sigterm_stops_everything(embedded_data_dir: Path) -> None:
     data_dir = embedded_data_dir
     env = server_env(data_dir)  # no DATABASE_URL / REDIS_URL: embedded PostgreSQL and Redis

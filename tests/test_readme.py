@@ -44,7 +44,7 @@ def readme_block(after: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+def server(app_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with session_server(tmp_path_factory.mktemp("readme-server") / "data") as running:
         yield running
 

@@ -32,7 +32,10 @@ from websockets.exceptions import WebSocketException
 
 from chalicelib.wiring import get_database
 from tests.conftest import new_user
+from tests.databases import message_count
 from tests.local_server import LocalServer, session_server
+
+pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "12"))
 CONNECTIONS = int(os.environ.get("SOAK_CONNECTIONS", "40"))
@@ -187,12 +190,9 @@ def _wait_until_quiet(conversation_ids: list[str], timeout: float = 60.0) -> Non
     """Frames still queued in the server when the clients stop are handled before anyone is compared."""
     deadline, last, stable_since = time.monotonic() + timeout, -1, time.monotonic()
     while time.monotonic() < deadline:
-        rows = get_database().run_sql(
-            "SELECT count(*) AS n FROM message_table WHERE conversation_id = ANY(CAST(:ids AS uuid[]))",
-            ids=conversation_ids,
-        )
-        if rows[0]["n"] != last:
-            last, stable_since = rows[0]["n"], time.monotonic()
+        stored = message_count(*conversation_ids)
+        if stored != last:
+            last, stable_since = stored, time.monotonic()
         elif time.monotonic() - stable_since > 2:
             return
         time.sleep(0.25)

@@ -1,7 +1,8 @@
 """WebSocket handlers, as CONTRACT.md section 2 describes them.
 
 Handlers get API-Gateway-shaped events; pushes travel over HTTP through the
-app's real boto3 client to a recording @connections endpoint.
+app's real push client (the signed one, unless a test picks boto3's) to a
+recording @connections endpoint.
 """
 
 from __future__ import annotations
@@ -16,14 +17,7 @@ import pytest
 from chalicelib.wiring import get_database, get_registry, get_service
 from local.recording_sink import Behaviour, RecordingSink
 from tests.conftest import Rest, Sockets, new_user
-
-
-def message_count(conversation_id: str) -> int:
-    rows = get_database().run_sql(
-        "SELECT count(*) AS n FROM message_table WHERE conversation_id = :c", c=conversation_id
-    )
-    return int(rows[0]["n"])
-
+from tests.databases import message_count
 
 # --- connect / disconnect ------------------------------------------------------------------
 
@@ -282,11 +276,3 @@ def test_boto3_push_client_is_an_equal_alternative(
     echo = sockets.message(tab, conversation_id, "via boto3")
     assert sockets.frames_of_type(alive, "new-message") == [echo]
     assert get_registry().connections_for([bob])[bob] == [alive]
-
-
-def test_an_unknown_push_client_is_refused(configure: Any) -> None:
-    configure(PUSH_CLIENT="carrier-pigeon")
-    from chalicelib.wiring import get_pusher
-
-    with pytest.raises(ValueError, match="PUSH_CLIENT"):
-        get_pusher("http://127.0.0.1:9")
