@@ -15,7 +15,9 @@ from chalicelib.config import get_settings, settings_from_env
 from chalicelib.errors import TooManyRequests
 from chalicelib.registry import RedisRegistry
 from chalicelib.wiring import get_database
+from local.services import EmbeddedServices
 from tests.conftest import Rest, Sockets, new_user
+from tests.databases import message_count
 
 Configure = Callable[..., None]
 
@@ -23,13 +25,6 @@ Configure = Callable[..., None]
 def send(conversation_id: str, content: str, temp: str | None = None, **extra: Any) -> dict[str, Any]:
     frame = {"action": "send-message", "tempMessageId": temp or uuid.uuid4().hex, "conversationId": conversation_id}
     return frame | {"content": content} | extra
-
-
-def stored_count(conversation_id: str) -> int:
-    rows = get_database().run_sql(
-        "SELECT count(*) AS n FROM message_table WHERE conversation_id = :c", c=conversation_id
-    )
-    return int(rows[0]["n"])
 
 
 def test_documented_defaults() -> None:
@@ -54,7 +49,7 @@ def test_message_length_is_counted_in_characters_up_to_the_configured_limit(
     sockets.send(tab, send(conversation_id, "x" * 11, temp="too-long"))
     error = sockets.frames(tab)[-1]
     assert (error["type"], error["code"], error["tempMessageId"]) == ("error", "PayloadTooLarge", "too-long")
-    assert stored_count(conversation_id) == 1
+    assert message_count(conversation_id) == 1
 
 
 def test_the_largest_legal_message_fits_in_a_frame_even_fully_escaped(rest: Rest, sockets: Sockets) -> None:
@@ -130,7 +125,7 @@ def test_oversized_frames_and_bodies_are_refused_before_parsing(
     fits, too_big = sockets.frames(tab)
     assert fits["type"] == "new-message"
     assert (too_big["type"], too_big["code"], too_big["tempMessageId"]) == ("error", "PayloadTooLarge", "bigger")
-    assert stored_count(conversation_id) == 1
+    assert message_count(conversation_id) == 1
 
     body = json.dumps({"recipientIdArr": [new_user(), new_user()], "isGroup": True, "title": "t", "pad": "x" * 2048})
     response = rest.call("POST", "/conversation", alice, body)
@@ -153,8 +148,8 @@ class Clock:
 
 
 @pytest.fixture
-def bucket() -> Iterator[tuple[RedisRegistry, Clock, redis.Redis, str]]:
-    client = redis.Redis.from_url(get_settings().redis_url)
+def bucket(services: EmbeddedServices) -> Iterator[tuple[RedisRegistry, Clock, redis.Redis, str]]:
+    client = redis.Redis.from_url(services.redis_url)
     clock = Clock()
     prefix = f"rate-test-{uuid.uuid4().hex[:8]}:"
     registry = RedisRegistry(client, ttl_seconds=60, prefix=prefix, send_rate=10, send_burst=20, clock=clock)
@@ -208,13 +203,13 @@ def test_rate_limited_sends_get_too_many_requests_and_change_nothing(
         "send-message",
         "t-4",
     )
-    assert stored_count(conversation_id) == 3 and len(sockets.frames_of_type(bob_tab, "new-message")) == 3
+    assert message_count(conversation_id) == 3 and len(sockets.frames_of_type(bob_tab, "new-message")) == 3
     sockets.send(tab, {"action": "heartbeat"})
     sockets.send(tab, {"action": "read-messages", "conversationId": conversation_id})
     assert sockets.frames(tab)[-1]["type"] == "read-messages"
     sockets.send(other_tab, send(conversation_id, "another tab, the same user", temp="t-5"))
     assert sockets.frames(other_tab)[-1]["code"] == "TooManyRequests"  # the bucket is the user's
-    assert stored_count(conversation_id) == 3
+    assert message_count(conversation_id) == 3
 
 
 def test_a_rate_of_zero_turns_the_limit_off(rest: Rest, sockets: Sockets, configure: Configure) -> None:
@@ -224,7 +219,7 @@ def test_a_rate_of_zero_turns_the_limit_off(rest: Rest, sockets: Sockets, config
     tab = sockets.connect(alice)
     for i in range(5):
         sockets.message(tab, conversation_id, f"m{i}")
-    assert stored_count(conversation_id) == 5
+    assert message_count(conversation_id) == 5
 
 
 # --- mass assignment -------------------------------------------------------------------------------------------
