@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             # Scale knobs a deployment would set too: no send-rate limit at benchmark rates (the limiter's
             # Redis work still runs), and the 20 ms endpoint below needs no longer deadline than the default.
             os.environ.update({"SEND_RATE_PER_SECOND": "1000000", "SEND_BURST": "1000000"})
+            # Likewise the per-user REST buckets, and no connection cap (the fan-out opens 20 per member).
+            unlimited = {name: "100000000" for name in ("REST_RATE_PER_MINUTE", "REST_BURST")}
+            unlimited |= {"CREATE_CONVERSATION_RATE_PER_MINUTE": "100000000", "CREATE_CONVERSATION_BURST": "100000000"}
+            os.environ.update(unlimited | {"MAX_CONNECTIONS_PER_USER": "0"})
             wiring.reset()
             ctx = BenchContext(info, admin, database_url, identity, prefix, quick=args.quick)
             # The naive design's slow statements would hit the app's 5 s socket timeout under load,
