@@ -149,6 +149,9 @@ def app_environment(
         "AWS_REGION": "us-east-1",
         # Fixtures send bursts of messages from one connection; test_limits checks the default bucket.
         "SEND_BURST": "100000",
+        # Likewise REST calls of one user (fuzzing, paging); test_limits sets the buckets it checks.
+        "REST_BURST": "100000",
+        "CREATE_CONVERSATION_BURST": "100000",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }
