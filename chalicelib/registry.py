@@ -47,6 +47,10 @@ no memory. ``chalicelib.limits.RateLimiter`` keeps the REST buckets the same way
 Time comes from the caller's clock (the Lambda's), not Redis's: scores and buckets stay testable with a
 fake clock, and a bucket's time never runs backwards when two Lambdas' clocks disagree slightly.
 
+Upgrading from the per-connection layout (``user:<id>`` sets, ``rate:<connection>`` buckets) needs no
+migration: ``conn:`` keys kept their name, so a live connection's next frame finds its user, misses the new
+set, reads as unknown and is re-registered from ``connection_table``; the old keys expire within the TTL.
+
 Every Redis failure (refused, timed out, reset, cluster down or redirected) surfaces as
 ``RegistryUnavailable``, which the chat service treats as "degraded", not fatal. That includes
 ``RedisClusterException``, which is not a ``RedisError``.
