@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from chalicelib.config import get_settings
-from chalicelib.push import ConnectionsClient, SignedConnectionsClient
+from chalicelib.connections_http import SignedConnectionsClient
+from chalicelib.push import ConnectionsClient
 
 
 def connections_client(endpoint_url: str) -> ConnectionsClient:

@@ -1,7 +1,7 @@
 """The one place that builds real collaborators, lazily, once per process.
 
 A REST Lambda touches PostgreSQL, and Redis for its per-user rate limits; a
-WebSocket Lambda adds the registry on the same Redis client, boto3
+WebSocket Lambda adds the registry on the same Redis client, the push client
 and PyJWT. Each factory imports and connects on first use and is cached
 across warm invocations. ``reset()`` drops everything (tests, local server).
 """
@@ -96,13 +96,12 @@ def get_verifier() -> TokenVerifier:
 @functools.lru_cache(maxsize=8)
 def get_pusher(endpoint_url: str) -> Pusher:
     """A pusher for one management endpoint (one per WebSocket API stage)."""
-    from chalicelib.push import Boto3ConnectionsClient, Pusher, SignedConnectionsClient, shared_executor
+    from chalicelib.connections_http import SignedConnectionsClient
+    from chalicelib.push import Boto3ConnectionsClient, Pusher, shared_executor
 
     settings = get_settings()
-    clients = {"signed": SignedConnectionsClient, "boto3": Boto3ConnectionsClient}
-    if settings.push_client not in clients:
-        raise ValueError(f"PUSH_CLIENT must be one of {', '.join(clients)}")
-    client = clients[settings.push_client](
+    client_class = Boto3ConnectionsClient if settings.push_client == "boto3" else SignedConnectionsClient
+    client = client_class(
         endpoint_url,
         region=settings.aws_region,
         concurrency=settings.push_concurrency,

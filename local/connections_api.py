@@ -1,7 +1,9 @@
 """API Gateway's ``@connections`` management API, served over real HTTP for local runs and tests.
 
-boto3's ``apigatewaymanagementapi`` client talks to :class:`ConnectionsServer` unchanged (``endpoint_url`` is
-``server.url``, optionally with a stage path appended), so the app pushes through the very code it runs on AWS.
+The app's push clients (``connections_http.SignedConnectionsClient`` by default, boto3's
+``apigatewaymanagementapi`` client with ``PUSH_CLIENT=boto3``) talk to :class:`ConnectionsServer` unchanged (the
+endpoint URL is ``server.url``, optionally with a stage path appended), so the app pushes through the very code
+it runs on AWS.
 The HTTP layer knows nothing about sockets: it delegates every call to a :class:`ConnectionSink`. The local
 WebSocket server supplies a sink that writes to real sockets; tests and benchmarks use :class:`RecordingSink`.
 
@@ -232,7 +234,7 @@ class ConnectionsRequestHandler(BaseHTTPRequestHandler):
     The local server subclasses it to serve REST and ``@connections`` on one port.
     """
 
-    # Keep-alive is what boto3 expects; without HTTP/1.1 every push would pay a new TCP connection.
+    # Keep-alive is what both push clients expect; without HTTP/1.1 every push would pay a new TCP connection.
     protocol_version = "HTTP/1.1"
     server: ConnectionsHTTPServer
     #: Set when a body was refused unread: the connection closes, after a short linger (see ``LINGER_S``).
@@ -472,7 +474,7 @@ class ConnectionsHTTPServer(ThreadingHTTPServer):
 class ConnectionsServer:
     """Serves the ``@connections`` API on 127.0.0.1 from a daemon thread, delegating to ``sink``.
 
-    ``port=0`` picks a free port; ``url`` is the ``endpoint_url`` for boto3. Calls must be signed with
+    ``port=0`` picks a free port; ``url`` is the endpoint URL for either push client. Calls must be signed with
     ``signing_key``. Usable as a context manager.
     """
 

@@ -2,7 +2,7 @@
 
 One port answers, in this order:
 
-- ``/@connections/{id}``: API Gateway's management API (``connections_api``), so the app's own boto3 client pushes
+- ``/@connections/{id}``: API Gateway's management API (``connections_api``), so the app's own push client pushes
   through it to the real sockets;
 - ``/_local/...``: the identity provider standing in for Cognito (``POST /_local/token``, the JWKS) and the web
   client's configuration. These routes exist only here, never in AWS;
