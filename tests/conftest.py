@@ -296,7 +296,7 @@ class Sockets:
             connection_id,
             {"action": "send-message", "tempMessageId": temp, "conversationId": conversation_id, "content": content},
         )
-        echoes = [
+        echoes: list[dict[str, Any]] = [
             frame for frame in self.frames_of_type(connection_id, "new-message") if frame["tempMessageId"] == temp
         ]
         assert echoes, self.frames(connection_id)

@@ -141,9 +141,9 @@ def sigv4_headers(
         auth.add_auth(request)
     else:  # add_auth always signs at the current time
         request.context["timestamp"] = moment.strftime("%Y%m%dT%H%M%SZ")
-        auth._modify_request_before_signing(request)
+        auth._modify_request_before_signing(request)  # type: ignore[attr-defined]  # private: not in the stubs
         signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
-        auth._inject_signature_to_request(request, signature)
+        auth._inject_signature_to_request(request, signature)  # type: ignore[attr-defined]
     return dict(request.headers.items())
 
 

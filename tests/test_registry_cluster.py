@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -88,9 +89,9 @@ def test_a_master_stopped_mid_run_is_registry_unavailable_then_recovers(private_
         registry.register(f"c{i}", user)
 
     private_cluster.stop_node(private_cluster.ports[1])
-    outcomes = {attempt(lambda i=i: registry.touch(f"c{i}", send=True)) for i in range(len(users))}
-    outcomes |= {attempt(lambda u=u: limiter.take(u, "rest", rate_per_s=1, burst=5)) for u in users}
-    outcomes |= {attempt(lambda i=i, u=u: registry.register(f"new{i}", u)) for i, u in enumerate(users)}
+    outcomes = {attempt(partial(registry.touch, f"c{i}", send=True)) for i in range(len(users))}
+    outcomes |= {attempt(partial(limiter.take, u, "rest", rate_per_s=1, burst=5)) for u in users}
+    outcomes |= {attempt(partial(registry.register, f"new{i}", u)) for i, u in enumerate(users)}
     assert outcomes == {"ok", "unavailable"}  # the other masters still answer for their slots
     assert attempt(lambda: registry.connections_for(users)) == "unavailable"
 

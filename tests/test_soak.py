@@ -249,7 +249,7 @@ def test_soak_loses_and_duplicates_nothing(server: LocalServer, capsys: pytest.C
     latencies = sorted(latency for c in clients for latency in c.latencies)
     warm = [rss for t, rss in memory if t >= min(5.0, SECONDS / 4)] or [rss for _, rss in memory]
     growth = warm[-1] - warm[0]
-    figures = {
+    figures: dict[str, Any] = {
         "duration_s": round(elapsed, 1),
         "connections": len(clients),
         "conversations": CONVERSATIONS,

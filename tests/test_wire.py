@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from chalicelib.model import CONVERSATION_ROW_FIELDS, ConversationRow, ListCursor, ReadReceipt, StoredMessage
 from chalicelib.wire import (
@@ -83,7 +84,7 @@ def test_reading_connection_is_answered_even_if_the_registry_lost_it() -> None:
 
 
 def test_conversation_row_body_and_key_read_the_positional_row() -> None:
-    values = {
+    values: dict[str, Any] = {
         "conversation_id": "c-1",
         "title": "Team",
         "is_group": True,
