@@ -19,11 +19,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chalicelib.logs import REDACTED, redact
 from chalicelib.wiring import get_database, get_registry
@@ -80,15 +81,22 @@ FORGERIES: dict[str, Forge] = {
     "wrong issuer": lambda idp, user: idp.mint_id_token(user, iss="https://cognito-idp.evil.example/pool"),
     "wrong audience": lambda idp, user: idp.mint_id_token(user, aud="another-app-client"),
     "access token": lambda idp, user: idp.mint_id_token(user, token_use="access"),
-    "alg none": lambda idp, user: jwt.encode(idp.claims(user), None, algorithm="none", headers={"kid": idp.kid}),
+    "alg none": lambda idp, user: jwt.encode(
+        idp.claims(user),
+        None,  # type: ignore[arg-type]  # alg none signs with no key; the stubs do not allow for it
+        algorithm="none",
+        headers={"kid": idp.kid},
+    ),
     "HS256 with the public key": _hs256_with_public_key,
     "unknown kid": lambda idp, user: idp.mint_id_token(user, headers={"kid": "rotated-away"}),
     "no kid": lambda idp, user: jwt.encode(
-        idp.claims(user), serialization.load_pem_private_key(idp.private_key_pem(), None), algorithm="RS256"
+        idp.claims(user),
+        cast(rsa.RSAPrivateKey, serialization.load_pem_private_key(idp.private_key_pem(), None)),
+        algorithm="RS256",
     ),
     "tampered payload": _tampered,
     "another local key": _other_key,
-    "no username": lambda idp, user: idp.mint_id_token(user, **{"cognito:username": None}),
+    "no username": lambda idp, user: idp.mint_id_token(user, **{"cognito:username": None}),  # type: ignore[arg-type]
     "no expiry": lambda idp, user: idp.mint_id_token(user, exp=None),
 }
 
