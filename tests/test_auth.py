@@ -104,7 +104,14 @@ def test_inline_jwks_needs_no_network() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"aud": "client-b"}, {"iss": ISSUER + "x"}, {"token_use": "access"}, {"exp": None}, {"iat": None}, {"token_use": None}],
+    [
+        {"aud": "client-b"},
+        {"iss": ISSUER + "x"},
+        {"token_use": "access"},
+        {"exp": None},
+        {"iat": None},
+        {"token_use": None},
+    ],
 )
 def test_claims_are_checked(overrides: dict[str, Any]) -> None:
     idp = LocalIdentityProvider(ISSUER, "client-a")
