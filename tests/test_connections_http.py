@@ -35,9 +35,9 @@ def botocore_headers(credentials: Credentials, method: str, path: str, body: byt
     request = AWSRequest(method=method, url=ENDPOINT.rsplit("/", 1)[0] + path, data=body)
     auth = SigV4Auth(credentials, "execute-api", "us-east-1")
     request.context["timestamp"] = MOMENT.strftime("%Y%m%dT%H%M%SZ")
-    auth._modify_request_before_signing(request)
+    auth._modify_request_before_signing(request)  # type: ignore[attr-defined]  # private: not in the stubs
     signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
-    auth._inject_signature_to_request(request, signature)
+    auth._inject_signature_to_request(request, signature)  # type: ignore[attr-defined]
     return {name.lower(): value for name, value in request.headers.items()}
 
 

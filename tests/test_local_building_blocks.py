@@ -169,7 +169,7 @@ def test_forged_tokens_fail_verification(
 
 
 def test_overrides_replace_and_remove_claims(idp: LocalIdentityProvider) -> None:
-    token = idp.mint_id_token("alice", token_use="access", **{"cognito:username": None})
+    token = idp.mint_id_token("alice", token_use="access", **{"cognito:username": None})  # type: ignore[arg-type]
     claims = verify(token, dict(idp.jwks()))
     assert claims["token_use"] == "access"
     assert "cognito:username" not in claims
@@ -379,7 +379,7 @@ def test_server_serves_1000_delayed_pushes_from_64_keepalive_connections(
         )
         response = local.conn.getresponse()
         response.read()
-        return response.status
+        return int(response.status)
 
     started = time.perf_counter()
     try:
