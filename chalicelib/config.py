@@ -37,6 +37,8 @@ class DatabaseSettings:
     iam_auth: bool = False
     ssl: bool = False
     connect_timeout_s: float = 5.0
+    # Longer than the server's statement_timeout (sql/0006), so the server cancels a stalled statement first.
+    read_timeout_s: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Settings:
     create_conversation_burst: int = 10
     rest_rate_per_minute: float = 600.0
     rest_burst: int = 100
+    # Above this many members a read's receipt reaches only the reader's own connections.
+    receipts_max_members: int = 100
     # Largest REST body or WebSocket frame the app parses at all.
     max_request_bytes: int = 65536
     # MAC key of list cursors (chalicelib/cursors.py); unset, one is derived from the pool and client ids.
@@ -138,6 +142,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         iam_auth=_flag(env.get("DB_IAM_AUTH")),
         ssl=_flag(env.get("DB_SSL")),
         connect_timeout_s=_float(env, "DB_CONNECT_TIMEOUT", 5.0),
+        read_timeout_s=_float(env, "DB_READ_TIMEOUT", 6.0),
     )
     origins = tuple(
         origin.strip()
@@ -178,6 +183,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         rest_burst=_int(env, "REST_BURST", 100),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
         cursor_secret=env.get("CURSOR_SECRET", ""),
+        receipts_max_members=_int(env, "RECEIPTS_MAX_MEMBERS", 100),
     )
 
 

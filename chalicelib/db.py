@@ -26,7 +26,8 @@ from pg8000.converters import timestamptz_in as pg8000_timestamptz_in
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from chalicelib.config import DatabaseSettings, Settings
-from chalicelib.sql import query
+from chalicelib.errors import ServiceUnavailable
+from chalicelib.sql import Query, load_queries
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ Row = dict[str, Any]
 UNIQUE_VIOLATION = "23505"
 # "cached plan must not change result type", "prepared statement does not exist".
 _STALE_STATEMENT = frozenset({"0A000", "26000"})
+# The server's own time limits (sql/0006): statement_timeout / lock_timeout cancelled the statement.
+_SERVER_TIMEOUT = frozenset({"57014", "55P03"})
 
 
 def connection_parameters(db: DatabaseSettings, region: str) -> dict[str, Any]:
@@ -107,6 +110,11 @@ class Database:
     def _connect(self) -> pg8000.native.Connection:
         params = connection_parameters(self._settings.database, self._settings.aws_region)
         connection = pg8000.native.Connection(**params)
+        # pg8000 takes one timeout for connecting and reading; reads get their own, longer than the
+        # server's statement_timeout (sql/0006) so that the server cancels a stalled statement first.
+        sock = getattr(connection, "_usock", None)
+        if sock is not None:
+            sock.settimeout(self._settings.database.read_timeout_s)
         connection.register_in_adapter(TIMESTAMPTZ_OID, parse_timestamptz)
         return connection
 
@@ -118,12 +126,19 @@ class Database:
                 self._connection = None
 
     def run_sql(self, sql: str, **params: Any) -> list[Row]:
-        """Run one statement; re-open a dead connection and retry once.
+        """Run one statement; re-open a dead connection, and re-run a read (SELECT) once.
+
+        Other raw statements are not re-run: their outcome is unknown when the connection
+        died after they were sent. Named queries say whether they are safe to re-run.
+        """
+        return self._run(sql, params, rerun=sql.lstrip()[:6].upper() == "SELECT")
+
+    def _run(self, sql: str, params: dict[str, Any], *, rerun: bool) -> list[Row]:
+        """Run one statement; with ``rerun``, once more on a new connection if the first was lost.
 
         A statement with parameters runs as a named prepared statement, prepared once per
         connection: PostgreSQL then parses and plans it once instead of on every request
-        (planning was most of the cost of the small per-request queries). RDS Proxy
-        multiplexes the extended query protocol, so this does not pin the session.
+        (planning was most of the cost of the small per-request queries).
         """
         with self._lock:
             for attempt in (1, 2):
@@ -142,12 +157,15 @@ class Database:
                         # A migration changed what a cached statement reads: prepare it again.
                         self._prepared.pop(sql, None)
                         continue
+                    if code in _SERVER_TIMEOUT:
+                        log.warning("statement cancelled by the server's time limit (%s)", code)
+                        raise ServiceUnavailable("The database is busy; try again") from error
                     raise
                 except (InterfaceError, OSError) as error:
                     log.warning("database connection lost (%s); reconnecting", type(error).__name__)
-                    self._connection = None
-                    if attempt == 2:
-                        raise
+                    self._drop_connection()
+                    if attempt == 2 or not rerun:
+                        raise ServiceUnavailable("The database could not be reached; try again") from error
             raise AssertionError("unreachable")
 
     def _execute(self, connection: pg8000.native.Connection, sql: str, params: dict[str, Any]) -> tuple[Any, Any]:
@@ -159,9 +177,20 @@ class Database:
             self._prepared[sql] = statement
         return statement.run(**params), statement.columns
 
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(InterfaceError, OSError):
+                connection.close()
+
     def run(self, name: str, **params: Any) -> list[Row]:
-        """Run the named query from ``chalicelib/queries``; every row it returns."""
-        return self.run_sql(query(name), **params)
+        """Run the named query from ``chalicelib/queries``; every row it returns.
+
+        A lost connection re-runs it once on a new one only if the query is safe to re-run
+        (a read, or a write that says why it is idempotent by construction).
+        """
+        named: Query = load_queries()[name]
+        return self._run(named.sql, params, rerun=named.rerun_safe)
 
     def optional(self, name: str, **params: Any) -> Row | None:
         """The one row the named query returns, or None when it returns none."""

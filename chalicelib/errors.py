@@ -11,8 +11,9 @@ Hierarchy::
     ├── Conflict                409  the store changed under the request; retrying can succeed
     ├── PayloadTooLarge         413  content, body or frame over its limit
     ├── TooManyRequests         429  a rate or connection limit; ``retry_after_s`` says when to retry
-    └── InternalError           500  a fault on our side (never carries details)
-        └── DeliveryDegraded    500  stored, but live delivery could not reach the other connections
+    ├── InternalError           500  a fault on our side (never carries details)
+    │   └── DeliveryDegraded    500  stored, but live delivery could not reach the other connections
+    └── ServiceUnavailable      503  the database timed out or could not be reached; retrying can succeed
 
 Two functions turn these into what a client sees, one per edge: ``rest.error_response``
 (``{"Code", "Message"}`` with the status) and ``wire.error_frame`` (an ``error`` frame; a
@@ -96,6 +97,13 @@ class DeliveryDegraded(InternalError):
 
     def __init__(self) -> None:
         super().__init__("Stored, but live delivery is degraded: other connections get it when they reload")
+
+
+class ServiceUnavailable(ChatError):
+    """A dependency failed in a way a retry may heal (frames carry it as ``InternalError``)."""
+
+    code = "ServiceUnavailable"
+    status = 503
 
 
 CONVERSATION_NOT_FOUND = "Conversation not found"

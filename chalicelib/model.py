@@ -53,6 +53,8 @@ class ReadReceipt:
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
+    # Who hears the receipt: every member, or nobody listed when the read moved nothing or the
+    # group is larger than RECEIPTS_MAX_MEMBERS (then only the reader's own connections hear it).
     participants: list[str]
     # None for a read that moved nothing (everything was already read).
     receipt: ReadReceipt | None
@@ -69,6 +71,8 @@ class NewConversation:
     title: str
     # Everyone in it, the caller included, each once.
     members: tuple[str, ...]
+    # The client's optional requestId for a group: a retry with the same one returns the same group.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

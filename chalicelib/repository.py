@@ -41,6 +41,9 @@ _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-f
 _MESSAGE_KEYS = frozenset({"message_idempotency_key", "message_table_pkey"})
 _CONVERSATION_KEY = "conversation_table_pkey"
 _ROW_ACTIVITY = ConversationRow._fields.index("last_activity_at")
+# Up to this many members, a send's statement also returns them (one round trip for a DM or a
+# team); a larger group's members are read by a second statement, apart from the write.
+INLINE_MEMBERS = 100
 
 
 def _message(row: Row) -> StoredMessage:
@@ -56,28 +59,36 @@ def _message(row: Row) -> StoredMessage:
 
 
 class ChatRepository:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, receipts_max_members: int = 100) -> None:
+        """``receipts_max_members``: above this size a read's receipt is not sent to the other members."""
         self._db = database
+        self._receipts_max_members = receipts_max_members
 
     # --- conversations -------------------------------------------------------------
 
     def create_conversation(self, creator: str, spec: NewConversation) -> tuple[str, bool]:
-        """(conversation id, created by this call?) — a direct pair that exists returns its id."""
+        """(conversation id, created by this call?) — a direct pair that exists returns its id, and so
+        does a group whose ``request_id`` its creator already used."""
         new_id = str(uuid.uuid4())
         if spec.is_group:
             try:
-                self._db.execute(
+                created = self._db.optional(
                     "create_group_conversation",
                     conversation_id=new_id,
                     title=spec.title,
                     created_by=creator,
                     user_ids=list(spec.members),
+                    request_id=spec.request_id,
                 )
             except UniqueViolation as error:
                 # Only a re-run of this very insert can meet a fresh random id: it is ours.
                 if error.constraint != _CONVERSATION_KEY:
                     raise
-            return new_id, True
+                return new_id, True
+            if created is not None:
+                return new_id, True
+            earlier = self._db.one("find_requested_group", created_by=creator, request_id=spec.request_id)
+            return str(earlier["conversation_id"]), str(earlier["conversation_id"]) == new_id
         low, high = sorted(spec.members)
         created = self._db.optional(
             "create_direct_conversation",
@@ -162,6 +173,7 @@ class ChatRepository:
                 sender_id=sender,
                 temp_message_id=temp_message_id,
                 content=content,
+                inline_members=INLINE_MEMBERS,
             )
         except UniqueViolation as error:
             if error.constraint not in _MESSAGE_KEYS:
@@ -172,7 +184,8 @@ class ChatRepository:
         message = StoredMessage(
             str(row["message_id"]), conversation_id, sender, temp_message_id, content, row["sent_at"], int(row["seq"])
         )
-        return SentMessage(message, list(row["participant_ids"]), is_new=True)
+        members = row["participant_ids"]
+        return SentMessage(message, self.participants(conversation_id) if members is None else list(members), True)
 
     def _already_sent(self, sender: str, conversation_id: str, temp_message_id: str, message_id: str) -> SentMessage:
         row = self._db.optional(
@@ -192,14 +205,19 @@ class ChatRepository:
     def mark_read(self, user_id: str, conversation_id: str) -> ReadResult:
         """Move the reader's watermark to the latest message (one row, any unread count)."""
         row = self._db.optional(
-            "mark_read", conversation_id=conversation_id, user_id=user_id, read_at=datetime.now(UTC)
+            "mark_read",
+            conversation_id=conversation_id,
+            user_id=user_id,
+            read_at=datetime.now(UTC),
+            receipts_max_members=self._receipts_max_members,
         )
         if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
         receipt = None
         if row["last_read_seq"] is not None and row["last_read_message_id"] is not None:
             receipt = ReadReceipt(str(row["last_read_message_id"]), row["last_read_at"])
-        return ReadResult(list(row["participant_ids"]), receipt)
+        # No members listed: nothing moved, or the group is too large for receipts to its members.
+        return ReadResult(list(row["participant_ids"] or ()), receipt)
 
     def message_position(self, conversation_id: str, message_id: str) -> int | None:
         """The position of a message inside a given conversation; None if it is not there."""

@@ -249,11 +249,13 @@ class ChatService:
         read = self._repo.mark_read(user, frame.conversation_id)
         if read.receipt is None:
             return plan_read(frame.conversation_id, user, [], {}, connection_id, None)
-        connections = None if degraded else self._connections_or_none(read.participants)
+        # A large group's members learn read positions over REST; the reader's own tabs still hear it.
+        hearers = read.participants or [user]
+        connections = None if degraded else self._connections_or_none(hearers)
         if connections is None:
             own = plan_read(frame.conversation_id, user, [], {}, connection_id, read.receipt)
             return [*own, Push(connection_id, error_frame(DeliveryDegraded(), context.action, context.temp_message_id))]
-        return plan_read(frame.conversation_id, user, read.participants, connections, connection_id, read.receipt)
+        return plan_read(frame.conversation_id, user, hearers, connections, connection_id, read.receipt)
 
     def _connections_or_none(self, users: list[str]) -> dict[str, list[str]] | None:
         try:

@@ -6,6 +6,10 @@ Each query in a file starts with a header in the aiosql style::
     -- Fetch one conversation the caller belongs to.
     SELECT ...
 
+A write that may be re-run after a lost connection says why in its description
+(``Safe to re-run: ...``); any other write fails instead, since its outcome is
+unknown (``Database.run``).
+
 Queries take ``:named`` parameters, which ``pg8000.native`` binds itself, so
 loading them is all this module does (aiosql would add a dependency to the
 Lambda package for these thirty lines).
@@ -27,6 +31,12 @@ class Query:
     name: str
     description: str
     sql: str
+
+    @property
+    def rerun_safe(self) -> bool:
+        """Whether running it twice does what running it once does: a read, or a write whose
+        description says why it is idempotent ("Safe to re-run: ...")."""
+        return self.sql.lstrip()[:6].upper() == "SELECT" or "Safe to re-run:" in self.description
 
 
 def parse_queries(text: str) -> dict[str, Query]:

@@ -149,7 +149,12 @@ def parse_new_conversation(body: Mapping[str, Any], caller: str, settings: Setti
         raise BadRequest("A group needs a non-empty title")
     if len(title) > settings.max_title_chars:
         raise BadRequest(f"title must be at most {settings.max_title_chars} characters")
-    return NewConversation(True, title, (caller, *others))
+    request_id = body.get("requestId")
+    if request_id is not None:
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_TEMP_ID_CHARS or not request_id.strip():
+            raise BadRequest(f"requestId must be a string of 1 to {MAX_TEMP_ID_CHARS} characters")
+        request_id = _storable(request_id, "requestId")
+    return NewConversation(True, title, (caller, *others), request_id)
 
 
 # --- Query strings ---------------------------------------------------------------------

@@ -120,7 +120,7 @@ def get_pusher(endpoint_url: str) -> Pusher:
 def get_service() -> ChatService:
     return ChatService(
         get_settings(),
-        ChatRepository(get_database()),
+        ChatRepository(get_database(), receipts_max_members=get_settings().receipts_max_members),
         registry=get_registry,
         pusher=get_pusher,
         verifier=get_verifier,

@@ -1,4 +1,4 @@
--- The current schema: what sql/0001..0004 build, written out as one file to read.
+-- The current schema: what sql/0001..0006 build, written out as one file to read.
 --
 -- Nothing applies this file: databases are built and upgraded by the numbered migrations
 -- (make migrate, chalicelib/migrations.py, which skips schema.sql). It exists so that the shape of a
@@ -17,6 +17,16 @@
 -- order never depends on clocks and is the same for every reader, and a rolled-back send rolls the
 -- counter back too. Positions are dense (1..last_seq): an offset from the newest end is a seq range,
 -- not a scan. (0001)
+--
+-- The row also carries what every member's conversation list shows of it (0005): title, kind,
+-- last_activity_at (the latest message's time, or the creation time) and a copy of the latest
+-- message's id, sender and content (content up to 400 characters, NULL above: the list then reads
+-- message_table). A send writes them in the UPDATE that allocates the position, so they cannot
+-- disagree with last_seq, and it writes no member's row: three rows per send at any group size (the
+-- message, this row, the sender's read position). Members' lists are ordered by this row's activity
+-- at read time. fillfactor 70 keeps that UPDATE a HOT update (no indexed column changes).
+-- member_count lets fan-out and receipts choose how to reach a large group; create_request_id is a
+-- group creator's optional requestId, so a retried creation returns the group it made.
 
 CREATE TABLE conversation_table (
     conversation_id   uuid PRIMARY KEY,
@@ -29,34 +39,35 @@ CREATE TABLE conversation_table (
     -- A direct conversation's members, ordered, so the pair is unique whichever way round.
     direct_user_low   text,
     direct_user_high  text,
+    latest_message_id uuid,
+    latest_sender_id  text,
+    latest_content    text,
+    member_count      integer     NOT NULL DEFAULT 0 CHECK (member_count >= 0),
+    create_request_id text CHECK (char_length(create_request_id) BETWEEN 1 AND 64),
     CHECK (
         (is_group AND direct_user_low IS NULL AND direct_user_high IS NULL)
         OR (NOT is_group AND direct_user_low < direct_user_high)
     )
-);
+) WITH (fillfactor = 70);
 
 CREATE UNIQUE INDEX conversation_direct_pair_key
     ON conversation_table (direct_user_low, direct_user_high)
     WHERE NOT is_group;
 
--- Participants: membership, read state and each member's inbox row ------------------------------
+CREATE UNIQUE INDEX conversation_create_request_key
+    ON conversation_table (created_by, create_request_id)
+    WHERE create_request_id IS NOT NULL;
+
+-- Participants: membership and read state --------------------------------------------------------
 --
 -- * Read state is one watermark per member (last_read_seq), not a row per message per reader:
 --   marking read is one row update whatever the number of unread messages. Sending moves the
 --   sender's watermark to its own message, so every message above it is someone else's and
---   unreadCount = latest_seq - last_read_seq. (0001)
--- * The row carries what its member's conversation list shows, so the list is one range of
---   participant_user_activity_idx and the rows it points to, nothing else (0004):
---   - last_activity_at copies the conversation's latest activity (0001);
---   - title, is_group and peer_id (the member shown as participantId: a direct conversation's other
---     member, a group's first other member by id) are written at creation and never change: there
---     is no rename and membership is fixed;
---   - latest_seq and the latest message's id, sender and content are written by send_message in the
---     UPDATE that bumps every member's last_activity_at, from the position allocated under the
---     conversation row's lock, so they cannot disagree with conversation_table.last_seq;
---   - latest_content holds up to 400 characters, NULL above (the list then reads message_table by
---     latest_message_id): a long message copied into every member's row would be written once per
---     member, out of line (TOAST) at that.
+--   unreadCount = conversation_table.last_seq - last_read_seq. (0001)
+-- * peer_id is the member a list row shows as participantId: a direct conversation's other member, a
+--   group's first other member by id, written at creation. (0004)
+-- * A member's list reads their rows by participant_user_idx and each row's conversation by primary
+--   key (0005): its cost follows the member's own number of conversations, never a group's size.
 
 CREATE TABLE participant_table (
     conversation_id   uuid        NOT NULL REFERENCES conversation_table ON DELETE CASCADE,
@@ -64,20 +75,12 @@ CREATE TABLE participant_table (
     joined_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     last_read_seq     bigint      NOT NULL DEFAULT 0,
     last_read_at      timestamptz,
-    last_activity_at  timestamptz NOT NULL,
-    title             text        NOT NULL DEFAULT '',
-    is_group          boolean     NOT NULL DEFAULT false,
     peer_id           text,
-    latest_seq        bigint      NOT NULL DEFAULT 0,
-    latest_message_id uuid,
-    latest_sender_id  text,
-    latest_content    text,
     PRIMARY KEY (conversation_id, user_id)
 );
 
--- A user's conversations, newest activity first (list and its keyset cursor).
-CREATE INDEX participant_user_activity_idx
-    ON participant_table (user_id, last_activity_at DESC, conversation_id DESC);
+-- A member's conversations, for the list.
+CREATE INDEX participant_user_idx ON participant_table (user_id, conversation_id);
 
 -- Messages --------------------------------------------------------------------------------------
 
@@ -110,3 +113,16 @@ CREATE TABLE connection_table (
 );
 
 CREATE INDEX connection_connected_at_idx ON connection_table (connected_at);
+
+-- Session time limits ---------------------------------------------------------------------------------
+--
+-- Database-level defaults, so the app never sends a SET (which pins an RDS Proxy session): a stalled
+-- statement is cancelled by the server before the client's read timeout fires. (0006)
+
+DO $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L', current_database(), '4s');
+    EXECUTE format('ALTER DATABASE %I SET lock_timeout = %L', current_database(), '2s');
+    EXECUTE format('ALTER DATABASE %I SET idle_in_transaction_session_timeout = %L', current_database(), '15s');
+END
+$$;

@@ -202,7 +202,7 @@ def test_a_failure_inside_a_send_rolls_back_completely(rest: Rest, sockets: Sock
     tab, bob_tab = sockets.connect(alice), sockets.connect(bob)
     sockets.message(tab, conversation_id, "before")
     snapshot_sql = (
-        "SELECT c.last_seq, c.last_activity_at, p.user_id, p.last_read_seq, p.last_read_at, p.last_activity_at AS pa"
+        "SELECT c.last_seq, c.last_activity_at, c.latest_message_id, p.user_id, p.last_read_seq, p.last_read_at"
         " FROM conversation_table c JOIN participant_table p USING (conversation_id)"
         " WHERE conversation_id = :c ORDER BY p.user_id"
     )

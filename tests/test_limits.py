@@ -83,11 +83,11 @@ def crowded_user() -> str:
     """A user in 1,001 conversations, written straight into the store."""
     user = new_user("busy")
     get_database().run_sql(
-        "WITH c AS (INSERT INTO conversation_table (conversation_id, title, is_group, created_by)"
-        " SELECT gen_random_uuid(), 'bulk', true, :u FROM generate_series(1, 1001)"
+        "WITH c AS (INSERT INTO conversation_table (conversation_id, title, is_group, created_by, member_count)"
+        " SELECT gen_random_uuid(), 'bulk', true, :u, 1 FROM generate_series(1, 1001)"
         " RETURNING conversation_id, created_at)"
-        " INSERT INTO participant_table (conversation_id, user_id, joined_at, last_activity_at)"
-        " SELECT conversation_id, :u, created_at, created_at FROM c",
+        " INSERT INTO participant_table (conversation_id, user_id, joined_at)"
+        " SELECT conversation_id, :u, created_at FROM c",
         u=user,
     )
     return user

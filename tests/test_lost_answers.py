@@ -30,7 +30,7 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture
 def short_timeout(configure: Callable[..., None]) -> None:
-    configure(DB_CONNECT_TIMEOUT=str(TIMEOUT_S))
+    configure(DB_READ_TIMEOUT=str(TIMEOUT_S))
 
 
 @pytest.fixture

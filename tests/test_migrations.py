@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -35,6 +36,7 @@ from chalicelib.migrations import (
     apply_migrations,
     discover,
 )
+from chalicelib.sql import query
 from local.services import EmbeddedServices
 from tests.databases import DatabaseFactory, connect, database_name
 from tests.local_server import is_running, server_env, start_server
@@ -325,6 +327,79 @@ def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_databa
     assert not {r["column_name"] for r in columns} & {"latest_message_id", "latest_sender_id", "latest_content"}
 
 
+def test_0005_moves_the_list_row_onto_the_conversation_and_lists_the_same(
+    empty_database: Scratch, tmp_path: Path
+) -> None:
+    # Data written under 0001-0004 (each member's list row on its participant row), then 0005 on top of it.
+    copy_migrations(tmp_path, "0001_initial.sql", "0002_connections.sql", "0003_latest_message.sql", "0004_inbox.sql")
+    apply_migrations(empty_database.settings, tmp_path)
+    direct, group, long_chat = (f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2, 3))
+    empty_database.run(
+        "INSERT INTO conversation_table (conversation_id, title, is_group, created_by, last_seq, direct_user_low,"
+        " direct_user_high) VALUES (CAST(:direct AS uuid), '', false, 'a', 2, 'a', 'b'),"
+        " (CAST(:group AS uuid), 'Team', true, 'c', 0, NULL, NULL),"
+        " (CAST(:long_chat AS uuid), '', false, 'e', 1, 'e', 'f')",
+        direct=direct,
+        group=group,
+        long_chat=long_chat,
+    )
+    empty_database.run(
+        "INSERT INTO message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content)"
+        " VALUES ('00000000-0000-4000-8000-0000000000a1', CAST(:direct AS uuid), 1, 'a', 't1', 'first'),"
+        " ('00000000-0000-4000-8000-0000000000a2', CAST(:direct AS uuid), 2, 'b', 't2', 'latest'),"
+        " ('00000000-0000-4000-8000-0000000000a3', CAST(:long_chat AS uuid), 1, 'e', 't1', repeat('x', 401))",
+        direct=direct,
+        long_chat=long_chat,
+    )
+    empty_database.run(
+        "INSERT INTO participant_table (conversation_id, user_id, last_read_seq, last_activity_at, peer_id)"
+        " SELECT CAST(c AS uuid), u, r, now(), p FROM (VALUES (:direct, 'a', 1, 'b'), (:direct, 'b', 2, 'a'),"
+        " (:group, 'c', 0, 'a'), (:group, 'a', 0, 'c'), (:group, 'd', 0, 'a'), (:long_chat, 'e', 1, 'f'),"
+        " (:long_chat, 'f', 0, 'e')) AS v (c, u, r, p)",
+        direct=direct,
+        group=group,
+        long_chat=long_chat,
+    )
+    copy_migrations(tmp_path, "0005_constant_cost_send.sql")
+    apply_migrations(empty_database.settings, tmp_path)
+    rows = empty_database.run(
+        "SELECT conversation_id::text AS id, latest_message_id::text AS message_id, latest_sender_id,"
+        " latest_content, member_count FROM conversation_table"
+    )
+    assert {
+        r["id"]: (r["message_id"], r["latest_sender_id"], r["latest_content"], r["member_count"]) for r in rows
+    } == {
+        direct: ("00000000-0000-4000-8000-0000000000a2", "b", "latest", 2),
+        group: (None, None, None, 3),
+        # Content over 400 characters stays in message_table only.
+        long_chat: ("00000000-0000-4000-8000-0000000000a3", "e", None, 2),
+    }
+    columns = empty_database.run(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'participant_table'"
+    )
+    assert {r["column_name"] for r in columns} == {
+        "conversation_id",
+        "user_id",
+        "joined_at",
+        "last_read_seq",
+        "last_read_at",
+        "peer_id",
+    }
+    # The app's own list query reads the upgraded rows as it reads new ones.
+    [row] = empty_database.run(
+        query("list_user_conversations"),
+        user_id="a",
+        cursor_at=datetime.max.replace(tzinfo=UTC),
+        cursor_id="ffffffff-ffff-ffff-ffff-ffffffffffff",
+        unread_only=False,
+        read_only=False,
+        limit=10,
+    )
+    listed = {cells[0]: cells for cells in row["page"]}
+    assert listed[direct][4:9] == [1, "00000000-0000-4000-8000-0000000000a2", "b", "latest", "b"]
+    assert listed[group][4:9] == [0, None, None, None, "c"]
+
+
 # -- sql/schema.sql ---------------------------------------------------------------------------------------------
 #
 # Two dumps of each schema: pg_dump's, when a pg_dump sits next to the server (the same version as the server,
@@ -463,8 +538,8 @@ def test_schema_sql_is_what_the_migrations_build(scratch: Callable[[str], Scratc
         ("a column's type", "latest_content    text", "latest_content    varchar(400)"),
         (
             "column order",
-            "    peer_id           text,\n    latest_seq        bigint  ",
-            "    latest_seq        bigint  ",
+            "    last_read_at      timestamptz,\n    peer_id           text,\n",
+            "    peer_id           text,\n    last_read_at      timestamptz,\n",
         ),
         ("a missing index", "CREATE INDEX connection_connected_at_idx ON connection_table (connected_at);", ""),
         ("a default", "last_read_seq     bigint      NOT NULL DEFAULT 0", "last_read_seq     bigint      NOT NULL"),
@@ -476,8 +551,6 @@ def test_a_drifted_schema_sql_is_caught(
     text = (SQL / SCHEMA_FILE).read_text(encoding="utf-8")
     assert old in text, change
     drifted = text.replace(old, new, 1)
-    if change == "column order":  # peer_id moved to the end instead of dropped
-        drifted = drifted.replace("    latest_content    text,\n", "    latest_content    text,\n    peer_id text,\n")
     assert schema_drift(scratch, method, drifted), f"{change} went unnoticed by the {method} comparison"
 
 

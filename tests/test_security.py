@@ -213,8 +213,8 @@ def test_rest_authorization_matrix(rest: Rest, sockets: Sockets, route: str, who
 
 def _snapshot(conversation_id: str) -> list[dict[str, Any]]:
     return get_database().run_sql(
-        "SELECT c.last_seq, c.last_activity_at, p.user_id, p.last_read_seq, p.last_read_at,"
-        " p.last_activity_at AS pa, (SELECT count(*) FROM message_table m WHERE m.conversation_id = :c) AS n"
+        "SELECT c.last_seq, c.last_activity_at, c.latest_message_id, p.user_id, p.last_read_seq, p.last_read_at,"
+        " (SELECT count(*) FROM message_table m WHERE m.conversation_id = :c) AS n"
         " FROM conversation_table c JOIN participant_table p USING (conversation_id)"
         " WHERE conversation_id = :c ORDER BY p.user_id",
         c=conversation_id,

@@ -1,5 +1,6 @@
 -- name: save_connection
 -- Record a connection's user and purge a batch of rows older than API Gateway's connection limit.
+-- Safe to re-run: an upsert of the same row, and a purge of rows no reader sees.
 WITH purged AS (
     -- ARRAY(...) is computed once, so the delete looks rows up by key; as an IN (subquery) the
     -- planner hash-joined it against a sequential scan of the whole table on every $connect.
@@ -27,5 +28,6 @@ WHERE connection_id = :connection_id
 
 -- name: delete_connection
 -- Forget a connection ($disconnect, or a 410 from a push).
+-- Safe to re-run: deleting a deleted row changes nothing.
 DELETE FROM connection_table
 WHERE connection_id = :connection_id;

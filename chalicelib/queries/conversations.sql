@@ -1,34 +1,50 @@
 -- name: create_group_conversation
--- Create a group conversation and its participants in one atomic statement.
+-- Create a group conversation and its participants in one atomic statement, in time linear in the members.
+-- A requestId the creator already used returns no row (its group is found by find_requested_group).
+-- Safe to re-run: the id is the caller's, so a re-run meets its own row (conversation_table_pkey).
 WITH conversation AS (
-    INSERT INTO conversation_table (conversation_id, title, is_group, created_by)
-    VALUES (:conversation_id, :title, true, :created_by)
+    INSERT INTO conversation_table
+        (conversation_id, title, is_group, created_by, member_count, create_request_id)
+    VALUES (:conversation_id, :title, true, :created_by, cardinality(CAST(:user_ids AS text[])),
+            CAST(:request_id AS text))
+    ON CONFLICT (created_by, create_request_id) WHERE create_request_id IS NOT NULL DO NOTHING
     RETURNING conversation_id, created_at
+), lowest AS (
+    -- participantId of a group is its first other member by id: the lowest id, or for the lowest
+    -- member the second lowest. Two aggregates over the array, not one per member.
+    SELECT min(u.user_id) AS first_id,
+           min(u.user_id) FILTER (WHERE u.user_id > (SELECT min(v) FROM unnest(CAST(:user_ids AS text[])) AS v))
+               AS second_id
+    FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
 ), members AS (
-    -- Each member's row shows the title and, as participantId, the first other member by id.
-    INSERT INTO participant_table
-        (conversation_id, user_id, joined_at, last_activity_at, title, is_group, peer_id)
-    SELECT c.conversation_id, u.user_id, c.created_at, c.created_at, :title, true,
-           (SELECT min(o.user_id) FROM unnest(CAST(:user_ids AS text[])) AS o(user_id) WHERE o.user_id <> u.user_id)
-    FROM conversation c, unnest(CAST(:user_ids AS text[])) AS u(user_id)
+    INSERT INTO participant_table (conversation_id, user_id, joined_at, peer_id)
+    SELECT c.conversation_id, u.user_id, c.created_at,
+           CASE WHEN u.user_id = l.first_id THEN l.second_id ELSE l.first_id END
+    FROM conversation c, lowest l, unnest(CAST(:user_ids AS text[])) AS u(user_id)
     RETURNING user_id
 )
 SELECT c.conversation_id, (SELECT count(*) FROM members) AS member_count
 FROM conversation c;
 
+-- name: find_requested_group
+-- The group a creator already made with this requestId (a retried POST /conversation).
+SELECT conversation_id
+FROM conversation_table
+WHERE created_by = :created_by AND create_request_id = :request_id;
+
 -- name: create_direct_conversation
 -- Create the direct conversation of a pair unless it exists (the pair's unique index decides).
+-- Safe to re-run: a re-run finds the pair created and returns no row; the pair's id is then looked up.
 WITH conversation AS (
     INSERT INTO conversation_table
-        (conversation_id, title, is_group, created_by, direct_user_low, direct_user_high)
-    VALUES (:conversation_id, '', false, :created_by, :user_low, :user_high)
+        (conversation_id, title, is_group, created_by, direct_user_low, direct_user_high, member_count)
+    VALUES (:conversation_id, '', false, :created_by, :user_low, :user_high, 2)
     ON CONFLICT (direct_user_low, direct_user_high) WHERE NOT is_group DO NOTHING
     RETURNING conversation_id, created_at
 ), members AS (
     -- Each member's row shows the other member as participantId.
-    INSERT INTO participant_table
-        (conversation_id, user_id, joined_at, last_activity_at, title, is_group, peer_id)
-    SELECT c.conversation_id, u.user_id, c.created_at, c.created_at, '', false, u.peer_id
+    INSERT INTO participant_table (conversation_id, user_id, joined_at, peer_id)
+    SELECT c.conversation_id, u.user_id, c.created_at, u.peer_id
     FROM conversation c,
          (VALUES (CAST(:user_low AS text), CAST(:user_high AS text)),
                  (CAST(:user_high AS text), CAST(:user_low AS text))) AS u(user_id, peer_id)
@@ -60,12 +76,12 @@ ORDER BY user_id;
 
 -- name: list_user_conversations
 -- A page of the caller's conversations, newest activity first, after a keyset cursor, as ONE json
--- value: an array of positional rows in the order wire.conversation_row_body unpacks them.
--- Reads participant rows (each carries what its member's list shows, sql/0004) and, only for a
--- latest message over 400 characters, that message's content. The latest message's time is the
--- activity time (send_message writes both from one clock reading; an empty conversation's is its
--- creation time). One json cell instead of 500 rows of 9 cells: pg8000 decodes rows in Python at
--- ~1 us a cell, which cost more than running the query.
+-- value: an array of positional rows in model.ConversationRow's field order.
+-- Ordered at read time from each conversation's own row (sql/0005): every participant row of the
+-- caller (participant_user_idx), one primary-key probe of its conversation, a top-N sort. The cost
+-- follows the caller's number of conversations, never a group's size, and is the same at any page
+-- depth. Only a latest message over 400 characters costs one more probe (message_table by id).
+-- One json cell instead of 500 rows of 9 cells: pg8000 decodes rows in Python at ~1 us a cell.
 SELECT json_agg(
            json_build_array(page.conversation_id, page.title, page.is_group, page.last_activity_at,
                             page.unread_count, page.latest_message_id, page.latest_sender_id,
@@ -73,19 +89,27 @@ SELECT json_agg(
            ORDER BY page.last_activity_at DESC, page.conversation_id DESC
        ) AS page
 FROM (
-    SELECT p.conversation_id, p.title, p.is_group, p.last_activity_at,
-           GREATEST(p.latest_seq - p.last_read_seq, 0) AS unread_count,
-           p.latest_message_id, p.latest_sender_id,
-           -- Content over 400 characters is not copied onto participant rows (sql/0004): one probe.
-           CASE WHEN p.latest_content IS NOT NULL OR p.latest_message_id IS NULL THEN p.latest_content
-                ELSE (SELECT m.content FROM message_table m WHERE m.message_id = p.latest_message_id)
+    SELECT c.conversation_id, c.title, c.is_group, c.last_activity_at,
+           GREATEST(c.last_seq - p.last_read_seq, 0) AS unread_count,
+           c.latest_message_id, c.latest_sender_id,
+           CASE WHEN c.latest_content IS NOT NULL OR c.latest_message_id IS NULL THEN c.latest_content
+                ELSE (SELECT m.content FROM message_table m WHERE m.message_id = c.latest_message_id)
            END AS latest_content,
            p.peer_id
     FROM participant_table p
+    -- One primary-key probe per participant row. As a plain join, a user in hundreds of
+    -- conversations tips the planner into hashing a sequential scan of every conversation.
+    CROSS JOIN LATERAL (
+        SELECT c1.conversation_id, c1.title, c1.is_group, c1.last_activity_at, c1.last_seq,
+               c1.latest_message_id, c1.latest_sender_id, c1.latest_content
+        FROM conversation_table c1
+        WHERE c1.conversation_id = p.conversation_id
+        LIMIT 1
+    ) c
     WHERE p.user_id = :user_id
-      AND (p.last_activity_at, p.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
-      AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < p.latest_seq)
-      AND (CAST(:read_only AS boolean) IS NOT TRUE OR p.last_read_seq >= p.latest_seq)
-    ORDER BY p.last_activity_at DESC, p.conversation_id DESC
+      AND (c.last_activity_at, c.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
+      AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)
+      AND (CAST(:read_only AS boolean) IS NOT TRUE OR p.last_read_seq >= c.last_seq)
+    ORDER BY c.last_activity_at DESC, c.conversation_id DESC
     LIMIT :limit
 ) page;

@@ -1,40 +1,45 @@
 -- name: send_message
--- Store a message at the conversation's next position and make it every participant's latest
--- (activity time, position, id, sender, content up to 400 characters: what the list reads, sql/0004).
--- Atomic: a duplicate tempMessageId (unique violation) rolls back the position too, so
--- positions stay dense. No row means the sender is not a participant.
+-- Store a message at the conversation's next position: three rows whatever the group size (the
+-- message; the conversation's counter, activity time and latest-message copy, which is what every
+-- member's list reads, sql/0005; the sender's own read position). Atomic: a duplicate tempMessageId
+-- (unique violation) rolls back the position too, so positions stay dense. No row means the sender
+-- is not a participant.
+-- Safe to re-run: the message id is the caller's, so a re-run meets its own row by the idempotency
+-- key and the repository recognises it.
 WITH allocated AS (
     UPDATE conversation_table c
-    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp()
+    SET last_seq = c.last_seq + 1, last_activity_at = clock_timestamp(),
+        latest_message_id = CAST(:message_id AS uuid), latest_sender_id = :sender_id,
+        -- Long content is not copied; the list reads it from message_table.
+        latest_content = CASE WHEN char_length(CAST(:content AS text)) <= 400 THEN CAST(:content AS text) END
     WHERE c.conversation_id = :conversation_id
       AND EXISTS (
           SELECT 1 FROM participant_table p
           WHERE p.conversation_id = c.conversation_id AND p.user_id = :sender_id
       )
-    RETURNING c.last_seq AS seq, c.last_activity_at AS sent_at
+    RETURNING c.last_seq AS seq, c.last_activity_at AS sent_at, c.member_count
 ), inserted AS (
     INSERT INTO message_table
         (message_id, conversation_id, seq, sender_id, temp_message_id, content, sent_at)
-    SELECT :message_id, :conversation_id, a.seq, :sender_id, :temp_message_id, :content, a.sent_at
+    SELECT CAST(:message_id AS uuid), :conversation_id, a.seq, :sender_id, :temp_message_id,
+           CAST(:content AS text), a.sent_at
     FROM allocated a
-    RETURNING message_id, seq, sent_at,
-              -- Long content is not copied into every member's row; the list reads it from here.
-              CASE WHEN char_length(content) <= 400 THEN content END AS list_content
-), touched AS (
+    RETURNING message_id, seq, sent_at
+), sender_read AS (
     UPDATE participant_table p
-    SET last_activity_at = i.sent_at,
-        latest_seq = i.seq, latest_message_id = i.message_id,
-        latest_sender_id = :sender_id, latest_content = i.list_content,
-        last_read_seq = CASE WHEN p.user_id = :sender_id
-                             THEN GREATEST(p.last_read_seq, i.seq) ELSE p.last_read_seq END,
-        last_read_at = CASE WHEN p.user_id = :sender_id THEN i.sent_at ELSE p.last_read_at END
+    SET last_read_seq = GREATEST(p.last_read_seq, i.seq), last_read_at = i.sent_at
     FROM inserted i
-    WHERE p.conversation_id = :conversation_id
+    WHERE p.conversation_id = :conversation_id AND p.user_id = :sender_id
     RETURNING p.user_id
 )
-SELECT i.message_id, i.seq, i.sent_at,
-       ARRAY(SELECT t.user_id FROM touched t ORDER BY t.user_id) AS participant_ids
-FROM inserted i;
+SELECT i.message_id, i.seq, i.sent_at, a.member_count, (SELECT count(*) FROM sender_read) AS sender_rows,
+       -- The members to fan out to, read here only for a small conversation (one round trip for a
+       -- DM); a larger one's are read apart from the write (repository.participants).
+       CASE WHEN a.member_count <= :inline_members THEN
+           ARRAY(SELECT o.user_id FROM participant_table o
+                 WHERE o.conversation_id = :conversation_id ORDER BY o.user_id)
+       END AS participant_ids
+FROM inserted i, allocated a;
 
 -- name: find_sent_message
 -- The message a sender already stored under this tempMessageId (idempotent retry).
@@ -63,8 +68,9 @@ WHERE message_id = :message_id AND conversation_id = :conversation_id;
 -- means not a participant. The read time is the caller's (:read_at): a re-run whose first attempt
 -- committed unseen (a lost connection) finds the row carrying it, rewrites it and so still reports the
 -- receipt, even when it started before that attempt committed (the UPDATE re-checks the newest row).
+-- Safe to re-run: for that same reason.
 WITH me AS (
-    SELECT c.last_seq
+    SELECT c.last_seq, c.member_count
     FROM participant_table p
     JOIN conversation_table c ON c.conversation_id = p.conversation_id
     WHERE p.conversation_id = :conversation_id AND p.user_id = :user_id
@@ -76,10 +82,14 @@ WITH me AS (
       AND (p.last_read_seq < me.last_seq OR p.last_read_at = CAST(:read_at AS timestamptz))
     RETURNING p.last_read_seq, p.last_read_at
 )
-SELECT me.last_seq, a.last_read_seq, a.last_read_at,
+SELECT me.last_seq, me.member_count, a.last_read_seq, a.last_read_at,
        (SELECT m.message_id FROM message_table m
         WHERE m.conversation_id = :conversation_id AND m.seq = a.last_read_seq) AS last_read_message_id,
-       ARRAY(SELECT o.user_id FROM participant_table o
-             WHERE o.conversation_id = :conversation_id ORDER BY o.user_id) AS participant_ids
+       -- Who hears the receipt: the members, only when it moved and the group is small enough
+       -- (RECEIPTS_MAX_MEMBERS); larger groups read each other's positions over REST.
+       CASE WHEN a.last_read_seq IS NOT NULL AND me.member_count <= :receipts_max_members THEN
+           ARRAY(SELECT o.user_id FROM participant_table o
+                 WHERE o.conversation_id = :conversation_id ORDER BY o.user_id)
+       END AS participant_ids
 FROM me
 LEFT JOIN advanced a ON true;
