@@ -378,37 +378,31 @@ def read_response(sock: socket.socket, timeout_s: float) -> tuple[int, bool]:
 def _head(head: bytes) -> tuple[int, bool, int | str]:
     """(status, keep-alive, framing) of a status line and its fields.
 
-    Framing is ``"chunked"``, ``"to-close"`` or a content length.
+    Framing is ``"chunked"``, ``"to-close"`` or a content length. Only the three fields that frame the
+    body or end the connection are looked at, found in the lowercased head (a few ``find`` calls instead of
+    parsing every line: this runs once per push).
     """
-    lines = head.split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
+    status_line, _, _ = head.partition(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
     code = rest[:3]
     if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
         raise ValueError("not an HTTP/1.x status line")
-    connection = transfer_encoding = b""
+    fields = head.lower()
     length: int | None = None
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            if line[:1] in (b" ", b"\t"):
-                continue  # obsolete line folding: continues a field this reader does not use
-            raise ValueError("a response field without a colon")
-        name = name.lower()
-        if name == b"content-length":
-            for item in value.split(b","):  # a repeated field or a list: every value must agree
-                item = item.strip()
-                if not item.isdigit() or (length is not None and int(item) != length):
-                    raise ValueError("an invalid or conflicting Content-Length")
-                length = int(item)
-        elif name == b"transfer-encoding":
-            transfer_encoding += b"," + value
-        elif name == b"connection":
-            connection += b"," + value
-    tokens = {token.strip() for token in connection.lower().split(b",")}
+    content_length = _field(fields, b"\r\ncontent-length:")
+    if content_length is not None:
+        for item in content_length.split(b","):  # a repeated field or a list: every value must agree
+            item = item.strip()
+            if not item.isdigit() or (length is not None and int(item) != length):
+                raise ValueError("an invalid or conflicting Content-Length")
+            length = int(item)
+    connection = _field(fields, b"\r\nconnection:")
+    tokens = {token.strip() for token in connection.split(b",")} if connection else set()
     reusable = b"keep-alive" in tokens if version == b"HTTP/1.0" else b"close" not in tokens
+    transfer_encoding = _field(fields, b"\r\ntransfer-encoding:")
     framing: int | str
-    if transfer_encoding:
-        codings = [coding.strip() for coding in transfer_encoding.lower().split(b",") if coding.strip()]
+    if transfer_encoding is not None:
+        codings = [coding.strip() for coding in transfer_encoding.split(b",") if coding.strip()]
         framing = "chunked" if codings and codings[-1] == b"chunked" else "to-close"
         if length is not None:
             reusable = False  # both framings at once: answer this one, trust the connection no further
@@ -417,6 +411,22 @@ def _head(head: bytes) -> tuple[int, bool, int | str]:
     else:
         framing = "to-close"
     return int(code), reusable, framing
+
+
+def _field(fields: bytes, prefix: bytes) -> bytes | None:
+    """The value of every line starting with ``prefix`` (CRLF, name, colon), joined by commas; None if none."""
+    start = fields.find(prefix)
+    if start < 0:
+        return None
+    values = []
+    while start >= 0:
+        start += len(prefix)
+        end = fields.find(b"\r\n", start)
+        if end < 0:
+            end = len(fields)
+        values.append(fields[start:end])
+        start = fields.find(prefix, end)
+    return b",".join(values)
 
 
 def _skip_chunked(reader: _Reader) -> None:
