@@ -14,10 +14,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pg8000.native
+
 from chalicelib.config import settings_from_env
 from chalicelib.db import Database
 from local.environment import app_configured
-from tests.databases import connect, ensure_database
+from tests.databases import connect as _raw_connect
+from tests.databases import ensure_database
 
 __all__ = [
     "BENCH_DATABASE",
@@ -35,6 +38,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "chatapi_bench"
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_BENCH"
 CLIENT_ID = "bench-app-client"
+
+
+# The database's own defaults (sql/0006: statement_timeout 4 s, lock_timeout 2 s, idle in transaction 15 s)
+# are for request paths; seeding, COPY, index builds, VACUUM and the baseline build run longer.
+_MAINTENANCE_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+
+
+def connect(url: str) -> pg8000.native.Connection:
+    """A raw connection for bulk and maintenance work: no socket timeout and no server-side time limits."""
+    connection = _raw_connect(url)
+    for setting in _MAINTENANCE_LIMITS:
+        connection.run(f"SET {setting} = 0")
+    return connection
 
 
 def database_for(url: str, timeout_s: float = 5.0) -> Database:
