@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure_e2e, measure_import, measure_rest, measure_ws, report
+from bench import measure_e2e, measure_groups, measure_import, measure_rest, measure_ws, report
 from bench.baseline import NaiveChat, ensure_baseline
 from bench.context import BenchContext, cleanup
 from bench.dataset import Params
@@ -38,7 +38,7 @@ from chalicelib.config import get_settings
 from local.identity import LocalIdentityProvider
 from local.services import EmbeddedServices
 
-PHASES = ("rest", "ws", "fanout", "import", "e2e")
+PHASES = ("rest", "ws", "groups", "fanout", "import", "e2e")
 FANOUT_PUSH_DELAY_S = 0.02
 
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             # Redis work still runs), and the 20 ms endpoint below needs no longer deadline than the default.
             os.environ.update({"SEND_RATE_PER_SECOND": "1000000", "SEND_BURST": "1000000"})
             # Likewise the per-user REST buckets, and no connection cap (the fan-out opens 20 per member).
-            unlimited = {name: "100000000" for name in ("REST_RATE_PER_MINUTE", "REST_BURST")}
+            unlimited = {name: "100000000" for name in ("REST_RATE_PER_MINUTE", "REST_BURST", "REST_WRITE_BURST")}
             unlimited |= {"CREATE_CONVERSATION_RATE_PER_MINUTE": "100000000", "CREATE_CONVERSATION_BURST": "100000000"}
             os.environ.update(unlimited | {"MAX_CONNECTIONS_PER_USER": "0"})
             wiring.reset()
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                     log("WebSocket handlers (app.message with API Gateway events; ours vs baseline):")
                     stats.update(measure_ws.send_message(ctx, naive, log))
                     stats.update(measure_ws.read_messages(ctx, naive, log))
+                if "groups" in phases:
+                    log("large groups (create, send: SQL alone and app.message, read, WAL per send):")
+                    stats["groups"] = measure_groups.run(ctx, log)
                 if "fanout" in phases:
                     with Endpoint(FANOUT_PUSH_DELAY_S) as slow_url:
                         os.environ["CONNECTIONS_ENDPOINT_URL"] = slow_url

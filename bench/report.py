@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.measure_groups import ONLINE_EVERY
 from bench.seed import DatasetInfo
 from bench.timing import Stats
+from bench.wal import Wal
 
 SKIPPED = "skipped: local server unavailable"
 
@@ -26,6 +28,16 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
         found: Stats | None = stats.get(name)
         return _r(found.p99_ms) if found else None
 
+    groups: dict[str, Any] = stats.get("groups") or {}
+
+    def group_p50(name: str) -> float | None:
+        found: Stats | None = groups.get(name)
+        return _r(found.p50_ms) if found else None
+
+    def wal(name: str) -> float | None:
+        found: Wal | None = groups.get(name)
+        return _r(found.bytes) if found else None
+
     imports = stats.get("import") or {}
     e2e = stats.get("e2e")
     return {
@@ -42,7 +54,23 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             "deep_offset_p50_ms": p50("page deep offset"),
             "baseline_deep_offset_p50_ms": p50("baseline page deep offset"),
         },
-        "send_message": {"p50_ms": p50("send"), "p99_ms": p99("send"), "baseline_p50_ms": p50("baseline send")},
+        "send_message": {
+            "p50_ms": p50("send"),
+            "p99_ms": p99("send"),
+            "baseline_p50_ms": p50("baseline send"),
+            "sql_p50_ms": group_p50("send sql direct"),
+            "group_1k_sql_p50_ms": group_p50("send sql 1k"),
+            "group_10k_sql_p50_ms": group_p50("send sql 10k"),
+            "group_1k_p50_ms": group_p50("send 1k"),
+            "group_10k_p50_ms": group_p50("send 10k"),
+            "group_1k_pushes": groups.get("pushes 1k"),
+            "group_10k_pushes": groups.get("pushes 10k"),
+            "group_online_fraction": 1 / ONLINE_EVERY if groups else None,
+            "wal_bytes_direct": wal("wal direct"),
+            "wal_bytes_group_100": wal("wal 100"),
+            "wal_bytes_group_10k": wal("wal 10k"),
+        },
+        "create_group": {"members_1k_ms": group_p50("create 1k"), "members_10k_ms": group_p50("create 10k")},
         "fanout_1000": {
             "ms": p50("fanout"),
             "per_push_latency_ms": per_push_ms if "fanout" in stats else None,
@@ -51,6 +79,8 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             "p50_ms_1_unread": p50("read 1"),
             "p50_ms_10k_unread": p50("read 10000"),
             "baseline_p50_ms_10k_unread": p50("baseline read 10000"),
+            "group_10k_p50_ms": group_p50("read 10k"),
+            "group_10k_pushes": groups.get("read pushes 10k"),
         },
         "cold_import": {
             "rest_ms": _r(imports["rest_ms"]) if imports else None,
@@ -65,6 +95,7 @@ _SECTION_PHASE = {
     "list_conversations": "rest",
     "messages_page": "rest",
     "send_message": "ws",
+    "create_group": "groups",
     "read_messages": "ws",
     "fanout_1000": "fanout",
     "cold_import": "import",
@@ -72,14 +103,41 @@ _SECTION_PHASE = {
 }
 
 
+# Keys of a section that another phase measures (the large-group figures sit beside the direct ones).
+_GROUP_KEYS = {
+    "send_message": (
+        "sql_p50_ms",
+        "group_1k_sql_p50_ms",
+        "group_10k_sql_p50_ms",
+        "group_1k_p50_ms",
+        "group_10k_p50_ms",
+        "group_1k_pushes",
+        "group_10k_pushes",
+        "group_online_fraction",
+        "wal_bytes_direct",
+        "wal_bytes_group_100",
+        "wal_bytes_group_10k",
+    ),
+    "read_messages": ("group_10k_p50_ms", "group_10k_pushes"),
+}
+
+
 def merge(previous: dict[str, Any] | None, current: dict[str, Any], phases: set[str]) -> dict[str, Any]:
     """Keep the previous run's figures for phases this run skipped (``--only``)."""
     if not previous:
         return current
-    merged = dict(current)
+    merged = {name: dict(value) if isinstance(value, dict) else value for name, value in current.items()}
     for section, phase in _SECTION_PHASE.items():
-        if phase not in phases and section in previous:
-            merged[section] = previous[section]
+        if section not in previous:
+            continue
+        group_keys = _GROUP_KEYS.get(section, ())
+        if phase not in phases:
+            kept = {k: v for k, v in merged[section].items() if k in group_keys and "groups" in phases}
+            merged[section] = {**previous[section], **kept}
+        if "groups" not in phases:
+            for key in group_keys:
+                if key in previous[section]:
+                    merged[section][key] = previous[section][key]
     return merged
 
 
@@ -91,12 +149,23 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _times(value: float | None, reference: float | None) -> str:
+    """`` (is 1.2x)`` when both figures exist."""
+    return f" (is {value / reference:,.2f}x)" if value and reference else ""
+
+
+def _online(send: dict[str, Any], size: str) -> str:
+    pushes = send.get(f"group_{size}_pushes")
+    return f"{pushes:,} connections online" if pushes is not None else "10% online"
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
     """(operation, ours, baseline, target) for the table and the chart."""
     lc, mp, sm = results["list_conversations"], results["messages_page"], results["send_message"]
     fo, rm, ci = results["fanout_1000"], results["read_messages"], results["cold_import"]
+    cg = results.get("create_group") or {}
     return [
-        ("list conversations, heavy user (500), p50", lc["p50_ms"], lc["baseline_p50_ms"], "≤ 10 ms, ≥ 5x baseline"),
+        ("list conversations, heavy user (500), p50", lc["p50_ms"], lc["baseline_p50_ms"], "≤ 3 ms, ≥ 5x baseline"),
         ("list conversations, heavy user, p99", lc["p99_ms"], None, ""),
         ("list conversations, typical user, p50", lc["typical_p50_ms"], None, ""),
         ("page of 50, newest, p50", mp["newest_p50_ms"], None, "≤ 3 ms"),
@@ -104,6 +173,31 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
         ("page of 50, 150k deep by offset, p50", mp["deep_offset_p50_ms"], mp["baseline_deep_offset_p50_ms"], "≤ 3 ms"),
         ("send-message, direct, p50", sm["p50_ms"], sm["baseline_p50_ms"], "≤ 5 ms"),
         ("send-message, direct, p99", sm["p99_ms"], None, ""),
+        ("send SQL alone, direct, p50", sm.get("sql_p50_ms"), None, ""),
+        ("send SQL alone, 1,000 members, p50", sm.get("group_1k_sql_p50_ms"), None, ""),
+        (
+            "send SQL alone, 10,000 members, p50",
+            sm.get("group_10k_sql_p50_ms"),
+            None,
+            f"≤ 1.5x direct{_times(sm.get('group_10k_sql_p50_ms'), sm.get('sql_p50_ms'))}",
+        ),
+        (f"send-message, 1,000 members ({_online(sm, '1k')}), p50", sm.get("group_1k_p50_ms"), None, ""),
+        (
+            f"send-message, 10,000 members ({_online(sm, '10k')}), p50",
+            sm.get("group_10k_p50_ms"),
+            None,
+            f"(direct{_times(sm.get('group_10k_p50_ms'), sm.get('p50_ms'))})",
+        ),
+        ("WAL bytes per send, direct", sm.get("wal_bytes_direct"), None, ""),
+        ("WAL bytes per send, 100 members", sm.get("wal_bytes_group_100"), None, ""),
+        (
+            "WAL bytes per send, 10,000 members",
+            sm.get("wal_bytes_group_10k"),
+            None,
+            f"≈ direct{_times(sm.get('wal_bytes_group_10k'), sm.get('wal_bytes_direct'))}",
+        ),
+        ("create group, 1,000 members", cg.get("members_1k_ms"), None, ""),
+        ("create group, 10,000 members", cg.get("members_10k_ms"), None, "≤ 1,000 ms"),
         ("fan-out to 1,000 connections at 20 ms each", fo["ms"], None, "≤ 600 ms"),
         ("read-messages, 1 unread, p50", rm["p50_ms_1_unread"], None, ""),
         (
@@ -111,6 +205,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
             rm["p50_ms_10k_unread"],
             rm["baseline_p50_ms_10k_unread"],
             "≤ 1.5x 1 unread",
+        ),
+        (
+            f"read-messages, 10,000 members ({_fmt(rm.get('group_10k_pushes'))} pushes), p50",
+            rm.get("group_10k_p50_ms"),
+            None,
+            "",
         ),
         ("cold import, REST Lambda", ci["rest_ms"], None, "≤ 150 ms"),
         ("cold import, WebSocket Lambda", ci["websocket_ms"], None, ""),
@@ -153,7 +253,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     picked = [(name, ours, base) for name, ours, base, _ in rows(results) if ours and "cold import" not in name]
-    picked = [row for row in picked if "p99" not in row[0]]
+    picked = [row for row in picked if "p99" not in row[0] and "WAL" not in row[0]]
     names = [name.replace(", p50", "") for name, _, _ in picked]
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(picked) + 1.5))
     positions = list(range(len(picked)))

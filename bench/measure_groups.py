@@ -1,0 +1,174 @@
+"""Large groups (issue 11): creating 1,000- and 10,000-member groups, sending into them, reading in them, and the
+WAL one send writes at 2, 100 and 10,000 members.
+
+The groups are made for the run through the app's own ``create_conversation`` (so ``MAX_PARTICIPANTS`` and
+``MAX_REQUEST_BYTES`` are raised in the app's environment for this phase) and deleted with the run's other
+scratch conversations, so the dataset's invariants hold afterwards. A tenth of the members are online with one
+connection each (``ONLINE_EVERY``): a send into the 10,000-member group pushes to 1,000 connections.
+
+Two figures per send: the SQL path (the repository's ``send_message`` statement alone, through the app's
+``Database``) and the whole handler (``app.message`` with an API Gateway event: registry, SQL, the member list
+of a large group, pushes over HTTP to the local ``@connections`` endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from bench.context import BenchContext, connect, send_frame
+from bench.measure_ws import _send
+from bench.timing import measure
+from bench.wal import Wal, statement_wal
+from chalicelib import wiring
+from chalicelib.db import Database
+from chalicelib.repository import INLINE_MEMBERS
+from chalicelib.sql import query
+from chalicelib.wiring import connections_endpoint, get_database, get_service
+
+SIZES = {"1k": 1_000, "10k": 10_000}
+ONLINE_EVERY = 10  # every tenth member holds one connection: 10% online
+WAL_RUNS = 50
+CONTENT = "benchmark message: how is the deploy going?"
+
+
+def _group(ctx: BenchContext, members: list[str]) -> str:
+    body = json.dumps({"recipientIdArr": members[1:], "isGroup": True, "title": f"bench {len(members)}"})
+    conversation_id = str(get_service().create_conversation(members[0], body)["conversationId"])
+    ctx.scratch_conversations.append(conversation_id)
+    return conversation_id
+
+
+def _send_params(conversation_id: str, sender: str) -> Callable[[], dict[str, Any]]:
+    def params() -> dict[str, Any]:
+        return {
+            "message_id": str(uuid.uuid4()),
+            "conversation_id": conversation_id,
+            "sender_id": sender,
+            "temp_message_id": uuid.uuid4().hex,
+            "content": CONTENT,
+            "inline_members": INLINE_MEMBERS,
+        }
+
+    return params
+
+
+def _sql_send(database: Database, params: Callable[[], dict[str, Any]]) -> None:
+    database.one("send_message", **params())
+
+
+def _frame_send(connection_id: str, conversation_id: str) -> None:
+    send_frame(connection_id, _send(conversation_id))
+
+
+def _wal(ctx: BenchContext, label: str, conversation_id: str, sender: str, log: Any) -> Wal:
+    """The send statement's own WAL (median of WAL_RUNS committed sends), and the server-wide LSN difference."""
+    runs = ctx.iterations(WAL_RUNS)
+    before = ctx.admin.run("SELECT CAST(pg_current_wal_lsn() AS text)")[0][0]
+    wal = statement_wal(ctx.admin, query("send_message"), _send_params(conversation_id, sender), runs)
+    server = ctx.admin.run("SELECT pg_current_wal_lsn() - CAST(:b AS pg_lsn)", b=before)[0][0]
+    log(
+        f"  {f'WAL per send, {label}':<34} {wal.bytes:,.0f} B ({wal.records:g} records, {wal.fpi:g} full-page"
+        f" images; median of {runs}); server-wide LSN moved {float(server) / runs:,.0f} B per send"
+    )
+    return wal
+
+
+def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
+    """Every figure of this phase by name (Stats for latencies, numbers for counts and bytes)."""
+    raised = {"MAX_PARTICIPANTS": "10000", "MAX_REQUEST_BYTES": "1000000"}
+    saved = {name: os.environ.get(name) for name in raised}
+    os.environ.update(raised)
+    wiring.reset()
+    service, database = get_service(), get_database()
+    results: dict[str, Any] = {}
+    try:
+        members = [ctx.user(f"m{index:05d}") for index in range(max(SIZES.values()))]
+
+        for label, size in SIZES.items():
+            iterations = ctx.iterations(5 if size <= 1000 else 3)
+            stats = measure(partial(_group, ctx, members[:size]), iterations=iterations, warmup=1)
+            log(f"  {f'create group, {size:,} members':<34} {stats}")
+            results[f"create {label}"] = stats
+        groups = {label: _group(ctx, members[:size]) for label, size in SIZES.items()}
+        group_100 = _group(ctx, members[:100])
+        body = json.dumps({"recipientIdArr": [ctx.user("dm-b")], "isGroup": False, "title": ""})
+        direct = str(service.create_conversation(ctx.user("dm-a"), body)["conversationId"])
+        ctx.scratch_conversations.append(direct)
+
+        # SQL path: the send statement alone, as the repository runs it.
+        sender = members[0]
+        for label, conversation_id, user in (
+            ("direct", direct, ctx.user("dm-a")),
+            ("1k", groups["1k"], sender),
+            ("10k", groups["10k"], sender),
+        ):
+            params = _send_params(conversation_id, user)
+            stats = measure(
+                partial(_sql_send, database, params),
+                iterations=ctx.iterations(300),
+                warmup=30,
+            )
+            log(f"  {f'send SQL, {label}':<34} {stats}")
+            results[f"send sql {label}"] = stats
+
+        # The whole handler, 10% of the members online.
+        online = members[::ONLINE_EVERY]
+        connections = {user: connect(ctx, user) for user in online}
+        results["online members 10k"] = len(online)
+        for label, size in SIZES.items():
+            expected = len(members[:size:ONLINE_EVERY])
+            report = service.handle_frame(
+                connections[sender], json.dumps(_send(groups[label])), connections_endpoint("", "")
+            )
+            if len(report.delivered) != expected or report.failed:
+                raise RuntimeError(f"a send to the {label} group reached {len(report.delivered)} of {expected}")
+            results[f"pushes {label}"] = len(report.delivered)
+            iterations = ctx.iterations(100 if size <= 1000 else 40)
+            stats = measure(
+                partial(_frame_send, connections[sender], groups[label]),
+                iterations=iterations,
+                warmup=5,
+            )
+            log(f"  {f'send-message, {size:,} members ({expected:,} online)':<34} {stats}")
+            results[f"send {label}"] = stats
+
+        # A read in the 10,000-member group: above RECEIPTS_MAX_MEMBERS only the reader's own connections hear it.
+        reader = online[1]
+        reader_connection = connections[reader]
+        connect(ctx, reader)  # the reader's second device
+        read = {"action": "read-messages", "conversationId": groups["10k"]}
+
+        def one_unread() -> None:
+            ctx.admin.run(
+                "UPDATE participant_table p SET last_read_seq = c.last_seq - 1 FROM conversation_table c"
+                " WHERE c.conversation_id = p.conversation_id AND p.conversation_id = :c AND p.user_id = :u",
+                c=groups["10k"],
+                u=reader,
+            )
+
+        one_unread()
+        report = service.handle_frame(reader_connection, json.dumps(read), connections_endpoint("", ""))
+        results["read pushes 10k"] = len(report.delivered)
+        stats = measure(
+            lambda: send_frame(reader_connection, read), setup=one_unread, iterations=ctx.iterations(200), warmup=20
+        )
+        log(f"  {'read-messages, 10,000 members':<34} {stats} ({len(report.delivered)} pushes per read)")
+        results["read 10k"] = stats
+
+        # WAL of one send: the statement's own records (bench/wal.py).
+        results["wal direct"] = _wal(ctx, "direct", direct, ctx.user("dm-a"), log)
+        results["wal 100"] = _wal(ctx, "100 members", group_100, sender, log)
+        results["wal 10k"] = _wal(ctx, "10,000 members", groups["10k"], sender, log)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        wiring.reset()
+    return results
