@@ -58,6 +58,7 @@ def api(path: str, method: str) -> Callable[[Callable[..., Any]], Any]:
         @functools.wraps(view)
         def guarded(**path_params: str) -> Any:
             try:
+                get_service().admit(caller(), write=method != "GET")
                 return view(**path_params)
             except ChatError as error:
                 return error_response(error)

@@ -74,6 +74,23 @@ class Settings:
     push_client: PushClientName = "signed"
     # The whole fan-out of one frame ends by then; pushes still running are reported as failed.
     push_deadline_s: float = 5.0
+    # The account's push budget (chalicelib/budget.py): one Redis bucket for every push, direct or queued.
+    # 0 turns it off. Direct pushes wait at most push_budget_direct_wait_s, then the excess is shed.
+    push_budget_per_s: float = 3000.0
+    push_budget_burst: int = 1000
+    push_budget_direct_wait_s: float = 0.1
+    # Queued fan-out (chalicelib/fanout.py): above this many target connections a new message goes through
+    # the queue (FANOUT_QUEUE_URL: an SQS URL, or local:<name>; empty: always direct) in shards of
+    # fanout_shard_size connections.
+    fanout_queue_url: str = ""
+    fanout_queue_threshold: int = 500
+    fanout_shard_size: int = 200
+    # Shards older than this are dropped unpushed; each shard's record of pushed connections lives twice as long.
+    fanout_max_age_s: float = 3600.0
+    # A failed shard comes back after base x 2^(receives - 1) seconds (at most 60), with jitter.
+    fanout_retry_base_s: float = 1.0
+    # Receives before a shard goes to the dead-letter queue (the local queue's; AWS: FanoutMaxReceiveCount).
+    fanout_max_receive_count: int = 5
     # Redis connect/read timeout: how long a registry call may stall before the degraded path runs.
     redis_timeout_s: float = 1.0
     # Redis Cluster (ElastiCache Serverless, cluster-mode-enabled): REDIS_URL names any node or the
@@ -89,6 +106,9 @@ class Settings:
     create_conversation_burst: int = 10
     rest_rate_per_minute: float = 600.0
     rest_burst: int = 100
+    # Every REST write (POST, PATCH, PUT, DELETE) also takes from this bucket.
+    rest_write_rate_per_minute: float = 120.0
+    rest_write_burst: int = 30
     # Above this many members a read's receipt reaches only the reader's own connections.
     receipts_max_members: int = 100
     # Largest REST body or WebSocket frame the app parses at all.
@@ -172,6 +192,15 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         push_max_attempts=_int(env, "PUSH_MAX_ATTEMPTS", 3),
         push_client=_push_client(env),
         push_deadline_s=_float(env, "PUSH_DEADLINE_SECONDS", 5.0),
+        push_budget_per_s=_float(env, "PUSH_BUDGET_PER_SECOND", 3000.0),
+        push_budget_burst=_int(env, "PUSH_BUDGET_BURST", 1000),
+        push_budget_direct_wait_s=_float(env, "PUSH_BUDGET_DIRECT_WAIT_SECONDS", 0.1),
+        fanout_queue_url=env.get("FANOUT_QUEUE_URL", "").strip(),
+        fanout_queue_threshold=_int(env, "FANOUT_QUEUE_THRESHOLD", 500),
+        fanout_shard_size=_int(env, "FANOUT_SHARD_SIZE", 200),
+        fanout_max_age_s=_float(env, "FANOUT_MAX_AGE_SECONDS", 3600.0),
+        fanout_retry_base_s=_float(env, "FANOUT_RETRY_BASE_SECONDS", 1.0),
+        fanout_max_receive_count=_int(env, "FANOUT_MAX_RECEIVE_COUNT", 5),
         redis_timeout_s=_float(env, "REDIS_TIMEOUT_SECONDS", 1.0),
         send_rate_per_s=_float(env, "SEND_RATE_PER_SECOND", 10.0),
         send_burst=_int(env, "SEND_BURST", 20),
@@ -181,6 +210,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         create_conversation_burst=_int(env, "CREATE_CONVERSATION_BURST", 10),
         rest_rate_per_minute=_float(env, "REST_RATE_PER_MINUTE", 600.0),
         rest_burst=_int(env, "REST_BURST", 100),
+        rest_write_rate_per_minute=_float(env, "REST_WRITE_RATE_PER_MINUTE", 120.0),
+        rest_write_burst=_int(env, "REST_WRITE_BURST", 30),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
         cursor_secret=env.get("CURSOR_SECRET", ""),
         receipts_max_members=_int(env, "RECEIPTS_MAX_MEMBERS", 100),

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # Bucket names the REST edge uses (settings: CREATE_CONVERSATION_*, REST_*).
 CREATE_CONVERSATION = "create-conversation"
 REST_REQUEST = "rest"
+REST_WRITE = "rest-write"
 
 # KEYS: the bucket. ARGV: now, rate per second, burst. Returns {allowed, seconds to wait}.
 _TAKE = (

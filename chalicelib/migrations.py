@@ -120,6 +120,11 @@ def connect(params: dict[str, Any]) -> pg8000.native.Connection:
     # The timeout bounded connecting and logging in; a migration's statements may run for minutes.
     # (pg8000 applies its one timeout to every socket read and offers no public way to lift it.)
     connection._usock.settimeout(None)
+    # The database's session limits (sql/0006) are for requests. A migration may run for minutes, but
+    # must not queue an ALTER behind a long lock wait while every request queues behind it in turn.
+    connection.run("SET statement_timeout = 0")
+    connection.run("SET idle_in_transaction_session_timeout = 0")
+    connection.run("SET lock_timeout = '15s'")
     return connection
 
 

@@ -87,6 +87,10 @@ class MemberConversation:
     # The newest message's position (0 while empty): positions are dense, 1..last_seq.
     last_seq: int
     last_read_seq: int
+    member_count: int = 0
+    # The caller's own membership: 'owner', 'admin' or 'member' (direct conversations: 'member').
+    role: str = "member"
+    muted: bool = False
 
 
 class ConversationRow(NamedTuple):
@@ -107,6 +111,8 @@ class ConversationRow(NamedTuple):
     latest_sender_id: str | None
     latest_content: str | None
     peer_id: str | None
+    muted: bool
+    role: str
 
 
 CONVERSATION_ROW_FIELDS: tuple[str, ...] = ConversationRow._fields

@@ -122,6 +122,9 @@ class ChatRepository:
             row["created_at"],
             int(row["last_seq"]),
             int(row["last_read_seq"]),
+            int(row["member_count"]),
+            row["role"],
+            bool(row["muted"]),
         )
 
     def participants(self, conversation_id: str) -> list[str]:

@@ -29,8 +29,10 @@ from chalicelib.errors import (
     DeliveryDegraded,
     InternalError,
     PayloadTooLarge,
+    TooManyRequests,
     UnknownConnection,
 )
+from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
 from chalicelib.model import ListCursor, MemberConversation
 from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
@@ -67,6 +69,8 @@ from chalicelib.wire import (
 if TYPE_CHECKING:
     # PyJWT and cryptography cost a REST cold start ~80 ms and only $connect uses them.
     from chalicelib.auth import TokenVerifier
+    from chalicelib.fanout import FanoutDispatcher
+    from chalicelib.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +91,50 @@ class ChatService:
         registry: Callable[[], ConnectionRegistry],
         pusher: Callable[[str], Pusher],
         verifier: Callable[[], TokenVerifier],
+        limiter: Callable[[], RateLimiter] | None = None,
+        fanout: FanoutDispatcher | None = None,
     ) -> None:
-        """Collaborators that a REST Lambda never uses come as factories, so it never builds them."""
+        """Collaborators that a REST Lambda never uses come as factories, so it never builds them.
+
+        ``limiter`` holds the per-user REST buckets; without one REST calls are not rate limited.
+        """
         self._settings = settings
         self._repo = repository
         self._registry = registry
         self._pusher = pusher
         self._verifier = verifier
+        self._limiter = limiter
+        self._fanout = fanout  # None: every new message is pushed directly (chalicelib/fanout.py)
         self._cursor_key = cursor_key(
             settings.cursor_secret, f"{settings.cognito_user_pool_id}/{settings.cognito_app_client_id}"
         )
 
     # --- REST ------------------------------------------------------------------------
 
+    def admit(self, caller: str, *, write: bool) -> None:
+        """Charge the caller's REST buckets: every call, and writes once more; raises ``TooManyRequests``."""
+        settings = self._settings
+        self._take(caller, REST_REQUEST, settings.rest_rate_per_minute, settings.rest_burst)
+        if write:
+            self._take(caller, REST_WRITE, settings.rest_write_rate_per_minute, settings.rest_write_burst)
+
+    def _take(self, caller: str, bucket: str, rate_per_minute: float, burst: int) -> None:
+        if self._limiter is None or rate_per_minute <= 0:
+            return  # no Redis round trip, nor even an import, for a limit that is off
+        try:
+            self._limiter().take(caller, bucket, rate_per_s=rate_per_minute / 60, burst=burst)
+        except RegistryUnavailable as error:
+            # Fail open: API Gateway's stage throttling still stands in front of every route.
+            log.warning("rate limiter unavailable (%s); %s served unmetered", error, bucket)
+
     def create_conversation(self, caller: str, raw_body: str | bytes | None) -> JSONObject:
+        settings = self._settings
+        self._take(
+            caller,
+            CREATE_CONVERSATION,
+            settings.create_conversation_rate_per_minute,
+            settings.create_conversation_burst,
+        )
         body = parse_json_object(raw_body, self._settings.max_request_bytes)
         spec = parse_new_conversation(body, caller, self._settings)
         conversation_id, _created = self._repo.create_conversation(caller, spec)
@@ -164,6 +198,10 @@ class ChatService:
         self._repo.save_connection(connection_id, user)
         try:
             self._registry().register(connection_id, user)
+        except TooManyRequests:
+            # Over MAX_CONNECTIONS_PER_USER: refused (429), and its durable copy goes with it.
+            self._repo.delete_connection(connection_id)
+            raise
         except RegistryUnavailable as error:
             log.warning("registry unavailable at $connect (%s); connection kept in the database only", error)
         return user
@@ -197,7 +235,7 @@ class ChatService:
             if bad_frame is not None:
                 raise bad_frame
             assert frame is not None
-            pushes = self._pushes_for_frame(connection_id, user, degraded, frame, context)
+            pushes = self._pushes_for_frame(connection_id, user, degraded, frame, context, endpoint)
         except UnknownConnection as error:
             # We no longer know whose it is. Say so and close it, so the client reconnects with its
             # token and registers again.
@@ -232,7 +270,7 @@ class ChatService:
         return user, False
 
     def _pushes_for_frame(
-        self, connection_id: str, user: str, degraded: bool, frame: Frame, context: FrameContext
+        self, connection_id: str, user: str, degraded: bool, frame: Frame, context: FrameContext, endpoint: str
     ) -> list[Push]:
         if isinstance(frame, Heartbeat):
             return []
@@ -244,6 +282,8 @@ class ChatService:
             if connections is None:
                 notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
                 return [*plan_echo(sent.message, connection_id), Push(connection_id, notice)]
+            if self._fanout is not None:  # direct, or the sender's echo now and the rest through the queue
+                return self._fanout.plan(sent.message, user, sent.participants, connections, connection_id, endpoint)
             return plan_new_message(sent.message, sent.participants, connections)
         assert isinstance(frame, ReadMessages)
         read = self._repo.mark_read(user, frame.conversation_id)

@@ -87,6 +87,8 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         latest_sender_id,
         latest_content,
         peer_id,
+        muted,
+        role,
     ) = row  # unpacked positionally: a 500-row list pays for no attribute lookups
     has_message = latest_message_id is not None
     unread = int(unread_count)
@@ -101,6 +103,8 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         "participantId": peer_id or "",
         "unreadCount": unread,
         "latestMessageId": str(latest_message_id) if has_message else None,
+        "muted": muted,
+        "role": role,
     }
 
 

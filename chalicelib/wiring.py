@@ -19,8 +19,11 @@ from chalicelib.service import ChatService
 
 if TYPE_CHECKING:
     from chalicelib.auth import TokenVerifier
+    from chalicelib.budget import PushBudget
+    from chalicelib.fanout import FanoutDispatcher, FanoutWorker
     from chalicelib.limits import RateLimiter
-    from chalicelib.push import Pusher
+    from chalicelib.push import ConnectionsClient, Pusher
+    from chalicelib.queue import FanoutQueue
     from chalicelib.registry import RedisClient, RedisRegistry
 
 _lock = threading.Lock()
@@ -94,25 +97,93 @@ def get_verifier() -> TokenVerifier:
 
 
 @functools.lru_cache(maxsize=8)
-def get_pusher(endpoint_url: str) -> Pusher:
-    """A pusher for one management endpoint (one per WebSocket API stage)."""
+def get_connections_client(endpoint_url: str) -> ConnectionsClient:
+    """The ``@connections`` client of one management endpoint (one per WebSocket API stage)."""
     from chalicelib.connections_http import SignedConnectionsClient
-    from chalicelib.push import Boto3ConnectionsClient, Pusher, shared_executor
+    from chalicelib.push import Boto3ConnectionsClient
 
     settings = get_settings()
     client_class = Boto3ConnectionsClient if settings.push_client == "boto3" else SignedConnectionsClient
-    client = client_class(
+    return client_class(
         endpoint_url,
         region=settings.aws_region,
         concurrency=settings.push_concurrency,
         timeout_s=settings.push_timeout_s,
         max_attempts=settings.push_max_attempts,
     )
-    return Pusher(
-        client,
+
+
+@functools.lru_cache(maxsize=8)
+def get_pusher(endpoint_url: str) -> Pusher:
+    """A pusher for one management endpoint, drawing from the account's push budget (the direct path)."""
+    from chalicelib.budget import BudgetedPusher
+    from chalicelib.push import shared_executor
+
+    settings = get_settings()
+    return BudgetedPusher(
+        get_connections_client(endpoint_url),
         on_gone=lambda connection_id: get_service().disconnect(connection_id),
         executor=shared_executor(settings.push_concurrency),
         deadline_s=settings.push_deadline_s,
+        budget=get_push_budget(),
+        max_wait_s=settings.push_budget_direct_wait_s,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_push_budget() -> PushBudget:
+    """The account's push budget; Redis is reached on the first push only (and not at all when it is off)."""
+    from chalicelib.budget import PushBudget
+
+    settings = get_settings()
+    return PushBudget(
+        get_redis,
+        rate_per_s=settings.push_budget_per_s,
+        burst=settings.push_budget_burst,
+        prefix=settings.redis_key_prefix,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_fanout_queue() -> FanoutQueue | None:
+    """The fan-out queue ``FANOUT_QUEUE_URL`` names, or None (every fan-out direct)."""
+    from chalicelib.queue import queue_for_url
+
+    settings = get_settings()
+    return queue_for_url(settings.fanout_queue_url, region=settings.aws_region) if settings.fanout_queue_url else None
+
+
+@functools.lru_cache(maxsize=1)
+def get_fanout_dispatcher() -> FanoutDispatcher:
+    from chalicelib.fanout import FanoutDispatcher
+
+    settings = get_settings()
+    return FanoutDispatcher(
+        get_fanout_queue, threshold=settings.fanout_queue_threshold, shard_size=settings.fanout_shard_size
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_fanout_worker() -> FanoutWorker:
+    """The SQS handler's worker: shards in, pushes out (chalicelib/fanout.py)."""
+    from chalicelib.fanout import DatabaseMembership, FanoutWorker
+    from chalicelib.push import shared_executor
+
+    settings = get_settings()
+    return FanoutWorker(
+        membership=DatabaseMembership(get_database()),
+        registry=get_registry,
+        client_for=get_connections_client,
+        redis=get_redis,
+        budget=get_push_budget,
+        queue=get_fanout_queue,
+        on_gone=lambda connection_id: get_service().disconnect(connection_id),
+        executor=shared_executor(settings.push_concurrency),
+        prefix=settings.redis_key_prefix,
+        push_deadline_s=settings.push_deadline_s,
+        chunk=min(max(1, settings.push_budget_burst), 4 * settings.push_concurrency),
+        max_age_s=settings.fanout_max_age_s,
+        retry_base_s=settings.fanout_retry_base_s,
     )
 
 
@@ -124,6 +195,8 @@ def get_service() -> ChatService:
         registry=get_registry,
         pusher=get_pusher,
         verifier=get_verifier,
+        limiter=get_rate_limiter,
+        fanout=get_fanout_dispatcher(),
     )
 
 
@@ -140,6 +213,19 @@ def reset() -> None:
             get_database().close()
         if get_redis.cache_info().currsize:
             get_redis().close()
-        for factory in (get_database, get_redis, get_registry, get_rate_limiter, get_verifier, get_pusher, get_service):
+        for factory in (
+            get_database,
+            get_redis,
+            get_registry,
+            get_rate_limiter,
+            get_verifier,
+            get_connections_client,
+            get_pusher,
+            get_push_budget,
+            get_fanout_queue,
+            get_fanout_dispatcher,
+            get_fanout_worker,
+            get_service,
+        ):
             factory.cache_clear()
         reset_settings()

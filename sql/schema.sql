@@ -1,4 +1,4 @@
--- The current schema: what sql/0001..0006 build, written out as one file to read.
+-- The current schema: what sql/0001..0007 build, written out as one file to read.
 --
 -- Nothing applies this file: databases are built and upgraded by the numbered migrations
 -- (make migrate, chalicelib/migrations.py, which skips schema.sql). It exists so that the shape of a
@@ -27,6 +27,9 @@
 -- at read time. fillfactor 70 keeps that UPDATE a HOT update (no indexed column changes).
 -- member_count lets fan-out and receipts choose how to reach a large group; create_request_id is a
 -- group creator's optional requestId, so a retried creation returns the group it made.
+-- first_member_id / second_member_id are the two lowest member ids: a list row's participantId is
+-- the lower one that is not the caller (a direct conversation's other member, a group's first other
+-- member by id), kept here so that a membership change updates one row, not every member's. (0007)
 
 CREATE TABLE conversation_table (
     conversation_id   uuid PRIMARY KEY,
@@ -44,6 +47,8 @@ CREATE TABLE conversation_table (
     latest_content    text,
     member_count      integer     NOT NULL DEFAULT 0 CHECK (member_count >= 0),
     create_request_id text CHECK (char_length(create_request_id) BETWEEN 1 AND 64),
+    first_member_id   text,
+    second_member_id  text,
     CHECK (
         (is_group AND direct_user_low IS NULL AND direct_user_high IS NULL)
         OR (NOT is_group AND direct_user_low < direct_user_high)
@@ -64,8 +69,9 @@ CREATE UNIQUE INDEX conversation_create_request_key
 --   marking read is one row update whatever the number of unread messages. Sending moves the
 --   sender's watermark to its own message, so every message above it is someone else's and
 --   unreadCount = conversation_table.last_seq - last_read_seq. (0001)
--- * peer_id is the member a list row shows as participantId: a direct conversation's other member, a
---   group's first other member by id, written at creation. (0004)
+-- * role: a group's creator is its owner, the others admin or member; direct conversations' members
+--   are both 'member'. participant_role_idx finds an owner's successor (the admin who joined first,
+--   else the member who joined first) without reading the whole group. muted is per member. (0007)
 -- * A member's list reads their rows by participant_user_idx and each row's conversation by primary
 --   key (0005): its cost follows the member's own number of conversations, never a group's size.
 
@@ -75,12 +81,16 @@ CREATE TABLE participant_table (
     joined_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     last_read_seq     bigint      NOT NULL DEFAULT 0,
     last_read_at      timestamptz,
-    peer_id           text,
+    role              text        NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
+    muted             boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (conversation_id, user_id)
 );
 
 -- A member's conversations, for the list.
 CREATE INDEX participant_user_idx ON participant_table (user_id, conversation_id);
+
+-- An owner's successor: the admin, else the member, who joined first.
+CREATE INDEX participant_role_idx ON participant_table (conversation_id, role, joined_at, user_id);
 
 -- Messages --------------------------------------------------------------------------------------
 

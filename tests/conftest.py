@@ -152,6 +152,7 @@ def app_environment(
         # Likewise REST calls of one user (fuzzing, paging); test_limits sets the buckets it checks.
         "REST_BURST": "100000",
         "CREATE_CONVERSATION_BURST": "100000",
+        "REST_WRITE_BURST": "100000",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }

@@ -327,7 +327,7 @@ def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_databa
     assert not {r["column_name"] for r in columns} & {"latest_message_id", "latest_sender_id", "latest_content"}
 
 
-def test_0005_moves_the_list_row_onto_the_conversation_and_lists_the_same(
+def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
     empty_database: Scratch, tmp_path: Path
 ) -> None:
     # Data written under 0001-0004 (each member's list row on its participant row), then 0005 on top of it.
@@ -385,7 +385,20 @@ def test_0005_moves_the_list_row_onto_the_conversation_and_lists_the_same(
         "last_read_at",
         "peer_id",
     }
-    # The app's own list query reads the upgraded rows as it reads new ones.
+    # 0006 and 0007 on top (roles: the group's creator owns it; the two lowest members on the row), then
+    # the app's own list query reads the upgraded rows as it reads new ones.
+    copy_migrations(tmp_path, "0006_session_timeouts.sql", "0007_groups.sql")
+    apply_migrations(empty_database.settings, tmp_path)
+    roles = empty_database.run("SELECT conversation_id::text AS id, user_id, role FROM participant_table")
+    assert {(r["id"], r["user_id"]): r["role"] for r in roles if r["role"] != "member"} == {(group, "c"): "owner"}
+    lowest = empty_database.run(
+        "SELECT conversation_id::text AS id, first_member_id, second_member_id FROM conversation_table"
+    )
+    assert {r["id"]: (r["first_member_id"], r["second_member_id"]) for r in lowest} == {
+        direct: ("a", "b"),
+        group: ("a", "c"),
+        long_chat: ("e", "f"),
+    }
     [row] = empty_database.run(
         query("list_user_conversations"),
         user_id="a",
@@ -396,8 +409,8 @@ def test_0005_moves_the_list_row_onto_the_conversation_and_lists_the_same(
         limit=10,
     )
     listed = {cells[0]: cells for cells in row["page"]}
-    assert listed[direct][4:9] == [1, "00000000-0000-4000-8000-0000000000a2", "b", "latest", "b"]
-    assert listed[group][4:9] == [0, None, None, None, "c"]
+    assert listed[direct][4:11] == [1, "00000000-0000-4000-8000-0000000000a2", "b", "latest", "b", False, "member"]
+    assert listed[group][4:11] == [0, None, None, None, "c", False, "member"]
 
 
 # -- sql/schema.sql ---------------------------------------------------------------------------------------------
@@ -538,8 +551,8 @@ def test_schema_sql_is_what_the_migrations_build(scratch: Callable[[str], Scratc
         ("a column's type", "latest_content    text", "latest_content    varchar(400)"),
         (
             "column order",
-            "    last_read_at      timestamptz,\n    peer_id           text,\n",
-            "    peer_id           text,\n    last_read_at      timestamptz,\n",
+            "    role              text        NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),\n    muted             boolean     NOT NULL DEFAULT false,\n",
+            "    muted             boolean     NOT NULL DEFAULT false,\n    role              text        NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),\n",
         ),
         ("a missing index", "CREATE INDEX connection_connected_at_idx ON connection_table (connected_at);", ""),
         ("a default", "last_read_seq     bigint      NOT NULL DEFAULT 0", "last_read_seq     bigint      NOT NULL"),

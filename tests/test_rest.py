@@ -161,6 +161,8 @@ def test_conversation_list_rows(rest: Rest, sockets: Sockets) -> None:
         "participantId": bob,
         "unreadCount": 2,
         "latestMessageId": latest["messageId"],
+        "muted": False,
+        "role": "member",
     }
     assert bottom["latestContent"] == "" and bottom["senderId"] == "" and bottom["isRead"] is True
     assert bottom["participantId"] == carol and ISO.match(bottom["sentAt"]) and bottom["latestMessageId"] is None
@@ -188,6 +190,8 @@ def test_group_rows_show_title_latest_and_first_other_member(rest: Rest, sockets
             "participantId": shown,
             "unreadCount": unread,
             "latestMessageId": sent["messageId"],
+            "muted": False,
+            "role": "owner" if member == erin else "member",
         }, member
 
 

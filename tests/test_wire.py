@@ -94,6 +94,8 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "latest_sender_id": "bob",
         "latest_content": "hi",
         "peer_id": "alice",
+        "muted": False,
+        "role": "admin",
     }
     row = ConversationRow._make(values[field] for field in CONVERSATION_ROW_FIELDS)
     assert conversation_row_body(row) == {
@@ -107,6 +109,8 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "participantId": "alice",
         "unreadCount": 3,
         "latestMessageId": "m-9",
+        "muted": False,
+        "role": "admin",
     }
     assert ListCursor.after(row) == ListCursor(SENT, "c-1")
     empty = ConversationRow(**{**values, "latest_message_id": None, "unread_count": 0})

@@ -1,29 +1,32 @@
 -- name: create_group_conversation
 -- Create a group conversation and its participants in one atomic statement, in time linear in the members.
--- A requestId the creator already used returns no row (its group is found by find_requested_group).
+-- The creator is its owner. A requestId the creator already used returns no row (its group is found by
+-- find_requested_group).
 -- Safe to re-run: the id is the caller's, so a re-run meets its own row (conversation_table_pkey).
-WITH conversation AS (
-    INSERT INTO conversation_table
-        (conversation_id, title, is_group, created_by, member_count, create_request_id)
-    VALUES (:conversation_id, :title, true, :created_by, cardinality(CAST(:user_ids AS text[])),
-            CAST(:request_id AS text))
-    ON CONFLICT (created_by, create_request_id) WHERE create_request_id IS NOT NULL DO NOTHING
-    RETURNING conversation_id, created_at
-), lowest AS (
-    -- participantId of a group is its first other member by id: the lowest id, or for the lowest
-    -- member the second lowest. Two aggregates over the array, not one per member.
+WITH lowest AS (
+    -- The two lowest member ids (participantId of every list row, sql/0007): two aggregates over the
+    -- array, not one per member.
     SELECT min(u.user_id) AS first_id,
            min(u.user_id) FILTER (WHERE u.user_id > (SELECT min(v) FROM unnest(CAST(:user_ids AS text[])) AS v))
                AS second_id
     FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
+), conversation AS (
+    INSERT INTO conversation_table
+        (conversation_id, title, is_group, created_by, member_count, create_request_id,
+         first_member_id, second_member_id)
+    SELECT :conversation_id, :title, true, :created_by, cardinality(CAST(:user_ids AS text[])),
+           CAST(:request_id AS text), l.first_id, l.second_id
+    FROM lowest l
+    ON CONFLICT (created_by, create_request_id) WHERE create_request_id IS NOT NULL DO NOTHING
+    RETURNING conversation_id, created_at
 ), members AS (
-    INSERT INTO participant_table (conversation_id, user_id, joined_at, peer_id)
+    INSERT INTO participant_table (conversation_id, user_id, joined_at, role)
     SELECT c.conversation_id, u.user_id, c.created_at,
-           CASE WHEN u.user_id = l.first_id THEN l.second_id ELSE l.first_id END
-    FROM conversation c, lowest l, unnest(CAST(:user_ids AS text[])) AS u(user_id)
+           CASE WHEN u.user_id = :created_by THEN 'owner' ELSE 'member' END
+    FROM conversation c, unnest(CAST(:user_ids AS text[])) AS u(user_id)
     RETURNING user_id
 )
-SELECT c.conversation_id, (SELECT count(*) FROM members) AS member_count
+SELECT c.conversation_id, c.created_at, (SELECT count(*) FROM members) AS member_count
 FROM conversation c;
 
 -- name: find_requested_group
@@ -37,20 +40,19 @@ WHERE created_by = :created_by AND create_request_id = :request_id;
 -- Safe to re-run: a re-run finds the pair created and returns no row; the pair's id is then looked up.
 WITH conversation AS (
     INSERT INTO conversation_table
-        (conversation_id, title, is_group, created_by, direct_user_low, direct_user_high, member_count)
-    VALUES (:conversation_id, '', false, :created_by, :user_low, :user_high, 2)
+        (conversation_id, title, is_group, created_by, direct_user_low, direct_user_high, member_count,
+         first_member_id, second_member_id)
+    VALUES (:conversation_id, '', false, :created_by, :user_low, :user_high, 2, :user_low, :user_high)
     ON CONFLICT (direct_user_low, direct_user_high) WHERE NOT is_group DO NOTHING
     RETURNING conversation_id, created_at
 ), members AS (
-    -- Each member's row shows the other member as participantId.
-    INSERT INTO participant_table (conversation_id, user_id, joined_at, peer_id)
-    SELECT c.conversation_id, u.user_id, c.created_at, u.peer_id
+    INSERT INTO participant_table (conversation_id, user_id, joined_at)
+    SELECT c.conversation_id, u.user_id, c.created_at
     FROM conversation c,
-         (VALUES (CAST(:user_low AS text), CAST(:user_high AS text)),
-                 (CAST(:user_high AS text), CAST(:user_low AS text))) AS u(user_id, peer_id)
+         (VALUES (CAST(:user_low AS text)), (CAST(:user_high AS text))) AS u(user_id)
     RETURNING user_id
 )
-SELECT c.conversation_id, (SELECT count(*) FROM members) AS member_count
+SELECT c.conversation_id, c.created_at, (SELECT count(*) FROM members) AS member_count
 FROM conversation c;
 
 -- name: find_direct_conversation
@@ -61,8 +63,8 @@ WHERE NOT is_group AND direct_user_low = :user_low AND direct_user_high = :user_
 
 -- name: get_member_conversation
 -- One conversation with the caller's read state, only if the caller is a participant.
-SELECT c.conversation_id, c.title, c.is_group, c.created_by, c.created_at, c.last_seq,
-       p.last_read_seq
+SELECT c.conversation_id, c.title, c.is_group, c.created_by, c.created_at, c.last_seq, c.member_count,
+       p.last_read_seq, p.role, p.muted
 FROM conversation_table c
 JOIN participant_table p ON p.conversation_id = c.conversation_id AND p.user_id = :user_id
 WHERE c.conversation_id = :conversation_id;
@@ -85,7 +87,7 @@ ORDER BY user_id;
 SELECT json_agg(
            json_build_array(page.conversation_id, page.title, page.is_group, page.last_activity_at,
                             page.unread_count, page.latest_message_id, page.latest_sender_id,
-                            page.latest_content, page.peer_id)
+                            page.latest_content, page.peer_id, page.muted, page.role)
            ORDER BY page.last_activity_at DESC, page.conversation_id DESC
        ) AS page
 FROM (
@@ -95,13 +97,16 @@ FROM (
            CASE WHEN c.latest_content IS NOT NULL OR c.latest_message_id IS NULL THEN c.latest_content
                 ELSE (SELECT m.content FROM message_table m WHERE m.message_id = c.latest_message_id)
            END AS latest_content,
-           p.peer_id
+           -- participantId: the lower of the conversation's two lowest members that is not the caller.
+           CASE WHEN c.first_member_id = p.user_id THEN c.second_member_id ELSE c.first_member_id END AS peer_id,
+           p.muted, p.role
     FROM participant_table p
     -- One primary-key probe per participant row. As a plain join, a user in hundreds of
     -- conversations tips the planner into hashing a sequential scan of every conversation.
     CROSS JOIN LATERAL (
         SELECT c1.conversation_id, c1.title, c1.is_group, c1.last_activity_at, c1.last_seq,
-               c1.latest_message_id, c1.latest_sender_id, c1.latest_content
+               c1.latest_message_id, c1.latest_sender_id, c1.latest_content, c1.first_member_id,
+               c1.second_member_id
         FROM conversation_table c1
         WHERE c1.conversation_id = p.conversation_id
         LIMIT 1
