@@ -12,13 +12,14 @@ from chalice.app import (
     Chalice,
     CognitoUserPoolAuthorizer,
     Response,
+    SQSEvent,
     WebsocketEvent,
 )
 
 from chalicelib.errors import ChatError, Unauthorized
 from chalicelib.logs import install_log_redaction
 from chalicelib.rest import cors_headers, error_response, query_params
-from chalicelib.wiring import connections_endpoint, get_service
+from chalicelib.wiring import connections_endpoint, get_fanout_worker, get_service
 
 app = Chalice(app_name="chat-api")
 # Chalice still files its WebSocket support under experimental features.
@@ -149,3 +150,13 @@ def message(event: WebsocketEvent) -> None:
 @app.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> None:
     get_service().disconnect(event.connection_id)
+
+
+# --- Queued fan-out -----------------------------------------------------------------------
+
+
+# The packaged template points this at the stack's own queue and turns on ReportBatchItemFailures
+# (.chalice/merge-template.json); five workers push faster than the default account budget lets them.
+@app.on_sqs_message(queue="chat-api-fanout", batch_size=10, name="fanout_worker", maximum_concurrency=5)
+def fanout_worker(event: SQSEvent) -> dict[str, Any]:
+    return get_fanout_worker().handle_event(event.to_dict(), event.context)

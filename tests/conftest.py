@@ -152,6 +152,8 @@ def app_environment(
         # Likewise REST calls of one user (fuzzing, paging); test_limits sets the buckets it checks.
         "REST_BURST": "100000",
         "CREATE_CONVERSATION_BURST": "100000",
+        # And the account's push budget: tests/test_fanout_queue.py sets the one it checks.
+        "PUSH_BUDGET_BURST": "1000000",
         "REST_WRITE_BURST": "100000",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",

@@ -47,7 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "save_connection": {"connection_connected_at_idx", "connection_table_pkey"},
     "connection_user": {"connection_table_pkey"},
     "delete_connection": {"connection_table_pkey"},
-    "current_members": {"participant_table_pkey"},
+    "current_members": {"participant_table_pkey|participant_role_idx"},
 }
 
 SEED = f"""

@@ -1,0 +1,420 @@
+"""Queued fan-out: a new message to more connections than one Lambda should push to goes through SQS in shards.
+
+The sending handler stores the message first (the service does), then :class:`FanoutDispatcher` decides. Up to
+``FANOUT_QUEUE_THRESHOLD`` target connections keep the direct path: no queue latency for a DM or a small
+group. Above it, the sender's own connections get their ``new-message`` at once, and the other members are
+enqueued in shards of at most ``FANOUT_SHARD_SIZE`` connections (counted at send time) and as many members;
+members with no live connection at send time are left out (they load history when they connect). If the
+queue cannot be reached, the whole fan-out falls back to the direct path.
+
+**Shards carry member user ids, not connection ids.** The worker (:class:`FanoutWorker`, behind Chalice's
+``@app.on_sqs_message``) re-reads which of them are still members (one primary-key probe per member) and
+resolves their connections from the registry at push time: a member removed after the send gets nothing, even
+from a shard already queued; a connection opened since the send gets the message, and one closed since is not
+tried.
+
+**Exactly once per connection, across redeliveries.** A shard can be delivered again: a worker failed part of
+it, timed out, or SQS (a standard queue: at least once) delivered it twice. Each (message, shard) has a Redis
+set of the connections already pushed, ``{prefix}fanout:{<message id>:<shard>}:pushed`` (one key per command;
+its own slot). A push *claims* its connection with ``SADD`` right before the POST (atomic: of two concurrent
+deliveries only one wins) and releases it with ``SREM`` when the POST failed for good, so the redelivery
+retries exactly the failed ones. A 410 keeps the claim (the connection is gone for good). The set lives
+``2 x FANOUT_MAX_AGE_SECONDS``, longer than a shard may be processed: older shards are dropped unpushed
+(a DLQ redrive hours later must not re-push), and the queue's retention is that age too. The one window
+left is a worker process dying between a claim and its POST's answer: that connection is not pushed again
+(at most once rather than twice; the client catches up with ``after=`` or ``/changes``). The worker stops
+claiming well before its Lambda timeout, so a timeout never opens that window.
+
+**Partial batch failures.** The worker answers ``{"batchItemFailures": [{"itemIdentifier": messageId}]}``
+(the event source mapping has ``ReportBatchItemFailures``), so only failed shards come back; it asks for
+them to come back after a short backoff (``ChangeMessageVisibility``) rather than the visibility timeout.
+A shard that fails ``maxReceiveCount`` times (a poison shard: unreadable, or a fault that never heals) is
+moved to the dead-letter queue by the queue's redrive policy.
+
+**Budget.** The worker takes tokens from the account push budget (``chalicelib.budget``) before each chunk
+of pushes and waits for them, up to its deadline; what is left then is reported failed and comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from chalicelib.push import ConnectionsClient, GoneError, Pusher
+from chalicelib.queue import FanoutQueue, QueueUnavailable
+from chalicelib.registry import ConnectionRegistry, LuaScript, unavailable_on_redis_error
+from chalicelib.wire import JSONObject, Push, new_message_frame, plan_new_message
+
+if TYPE_CHECKING:
+    from chalicelib.budget import PushBudget
+    from chalicelib.db import Database
+    from chalicelib.model import StoredMessage
+    from chalicelib.registry import RedisClient
+
+log = logging.getLogger(__name__)
+
+SHARD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One queued part of a fan-out: these members' connections get this frame."""
+
+    conversation_id: str
+    message_id: str
+    index: int
+    endpoint: str
+    members: list[str]
+    frame: JSONObject
+    enqueued_at: float
+
+    def body(self) -> str:
+        return json.dumps(
+            {
+                "v": SHARD_VERSION,
+                "conversationId": self.conversation_id,
+                "messageId": self.message_id,
+                "shard": self.index,
+                "endpoint": self.endpoint,
+                "members": self.members,
+                "frame": self.frame,
+                "enqueuedAt": self.enqueued_at,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def parse(cls, body: str) -> Shard:
+        """A shard from a queue message's body; ``ValueError`` for anything else (a poison message)."""
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or data.get("v") != SHARD_VERSION:
+                raise ValueError("not a fan-out shard of this version")
+            members = data["members"]
+            frame = data["frame"]
+            if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                raise ValueError("members must be a list of user ids")
+            if not isinstance(frame, dict):
+                raise ValueError("frame must be an object")
+            return cls(
+                str(data["conversationId"]),
+                str(data["messageId"]),
+                int(data["shard"]),
+                str(data["endpoint"]),
+                members,
+                frame,
+                float(data["enqueuedAt"]),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"unreadable shard: {type(error).__name__}: {error}") from None
+
+
+def plan_shards(
+    message: StoredMessage,
+    members: Iterable[str],
+    connections_by_user: Mapping[str, Sequence[str]],
+    *,
+    endpoint: str,
+    shard_size: int,
+    now: float,
+) -> list[Shard]:
+    """Members (with a live connection at send time) grouped so no shard has more than ``shard_size``
+    connections or members; a member with more connections than that is a shard of its own."""
+    frame = new_message_frame(message)
+    groups: list[list[str]] = []
+    current: list[str] = []
+    weight = 0
+    for member in dict.fromkeys(members):
+        count = len(connections_by_user.get(member, ()))
+        if count == 0:
+            continue
+        if current and (weight + count > shard_size or len(current) >= shard_size):
+            groups.append(current)
+            current, weight = [], 0
+        current.append(member)
+        weight += count
+    if current:
+        groups.append(current)
+    return [
+        Shard(message.conversation_id, message.message_id, index, endpoint, group, frame, now)
+        for index, group in enumerate(groups)
+    ]
+
+
+class FanoutDispatcher:
+    """The sending side: direct pushes for a small fan-out, the sender's echo plus queued shards for a big one."""
+
+    def __init__(
+        self,
+        queue: Callable[[], FanoutQueue | None],
+        *,
+        threshold: int,
+        shard_size: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``queue`` returns the fan-out queue, or None when none is configured (every fan-out is direct)."""
+        self._queue = queue
+        self._threshold = threshold
+        self._shard_size = max(1, shard_size)
+        self._clock = clock
+
+    def plan(
+        self,
+        message: StoredMessage,
+        sender: str,
+        participants: Sequence[str],
+        connections_by_user: Mapping[str, Sequence[str]],
+        sending_connection: str,
+        endpoint: str,
+    ) -> list[Push]:
+        """The pushes to make now, the sending connection's first; the rest of a big fan-out is enqueued."""
+        pushes = plan_new_message(message, participants, connections_by_user)
+        pushes.sort(key=lambda push: push.connection_id != sending_connection)  # stable: the sender's first
+        if len(pushes) <= self._threshold:
+            return pushes
+        queue = self._queue()
+        if queue is None:
+            return pushes
+        others = [member for member in participants if member != sender]
+        shards = plan_shards(
+            message, others, connections_by_user, endpoint=endpoint, shard_size=self._shard_size, now=self._clock()
+        )
+        try:
+            queue.send([shard.body() for shard in shards])
+        except QueueUnavailable as error:
+            # The shards the queue confirmed will be pushed by the worker; everyone else is pushed from here.
+            queued = {member for index in error.sent for member in shards[index].members}
+            log.warning(
+                "fan-out queue unavailable (%s); %d shard(s) of %d pushed directly",
+                error,
+                len(shards) - len(error.sent),
+                len(shards),
+            )
+            direct = [member for member in participants if member not in queued]
+            pushes = plan_new_message(message, direct, connections_by_user)
+            pushes.sort(key=lambda push: push.connection_id != sending_connection)
+            return pushes
+        own = plan_new_message(message, [sender], connections_by_user)
+        own.sort(key=lambda push: push.connection_id != sending_connection)
+        return own or [Push(sending_connection, new_message_frame(message))]
+
+
+# KEYS: the shard's set. ARGV: connection id, ttl seconds. Returns 1 when this call claimed it.
+_CLAIM = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return added
+"""
+
+
+class ShardClaims:
+    """The connections one (message, shard) has pushed to, in Redis."""
+
+    def __init__(self, client: RedisClient, key: str, ttl_s: int) -> None:
+        self._client = client
+        self.key = key
+        self._ttl = ttl_s
+        self._claim = LuaScript(client, _CLAIM)
+
+    @staticmethod
+    def key_for(prefix: str, message_id: str, shard: int) -> str:
+        return f"{prefix}fanout:{{{message_id}:{shard}}}:pushed"
+
+    @unavailable_on_redis_error
+    def unclaimed(self, connection_ids: Sequence[str]) -> list[str]:
+        """Those not pushed yet (read once before a shard, to spend no budget on the others)."""
+        done = {c.decode() if isinstance(c, bytes) else str(c) for c in self._client.smembers(self.key)}
+        return [connection_id for connection_id in connection_ids if connection_id not in done]
+
+    @unavailable_on_redis_error
+    def claim(self, connection_id: str) -> bool:
+        return bool(int(self._claim(keys=[self.key], args=[connection_id, self._ttl])))
+
+    @unavailable_on_redis_error
+    def release(self, connection_id: str) -> None:
+        self._client.srem(self.key, connection_id)
+
+
+class ClaimingClient:
+    """A ``ConnectionsClient`` that posts to each connection at most once per shard (see the module docstring).
+
+    A connection someone already claimed counts as delivered: it was, or a concurrent delivery is doing it.
+    """
+
+    def __init__(self, client: ConnectionsClient, claims: ShardClaims) -> None:
+        self._client = client
+        self._claims = claims
+        self.skipped = 0
+
+    def post(self, connection_id: str, data: bytes) -> None:
+        if not self._claims.claim(connection_id):
+            self.skipped += 1
+            return
+        try:
+            self._client.post(connection_id, data)
+        except GoneError:
+            raise
+        except BaseException:
+            try:
+                self._claims.release(connection_id)
+            except Exception:  # without the release this connection misses the message: say so
+                log.warning("could not release a fan-out claim; that connection will not be retried", exc_info=True)
+            raise
+
+    def close(self, connection_id: str) -> None:
+        self._client.close(connection_id)
+
+
+class Membership(Protocol):
+    def current_members(self, conversation_id: str, user_ids: Sequence[str]) -> list[str]: ...
+
+
+class DatabaseMembership:
+    """Which of some users are members now (chalicelib/queries/fanout.sql)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def current_members(self, conversation_id: str, user_ids: Sequence[str]) -> list[str]:
+        if not user_ids:
+            return []
+        rows = self._db.run("current_members", conversation_id=conversation_id, user_ids=list(user_ids))
+        return [row["user_id"] for row in rows]
+
+
+@dataclass
+class ShardResult:
+    """What pushing one shard did (for logs, tests and the benchmark)."""
+
+    delivered: int = 0
+    gone: int = 0
+    failed: int = 0
+    skipped: int = 0
+    dropped_members: int = 0
+    complete: bool = True
+
+
+class FanoutWorker:
+    """The queue's consumer: pushes each shard of a batch; answers the failed ones as batch item failures."""
+
+    def __init__(
+        self,
+        *,
+        membership: Membership,
+        registry: Callable[[], ConnectionRegistry],
+        client_for: Callable[[str], ConnectionsClient],
+        redis: Callable[[], RedisClient],
+        budget: Callable[[], PushBudget | None],
+        queue: Callable[[], FanoutQueue | None],
+        on_gone: Callable[[str], object],
+        executor: ThreadPoolExecutor,
+        prefix: str,
+        push_deadline_s: float,
+        chunk: int,
+        max_age_s: float,
+        retry_base_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._membership = membership
+        self._registry = registry
+        self._client_for = client_for
+        self._redis = redis
+        self._budget = budget
+        self._queue = queue
+        self._on_gone = on_gone
+        self._executor = executor
+        self._prefix = prefix
+        self._push_deadline_s = push_deadline_s
+        self._chunk = max(1, chunk)
+        self._max_age_s = max_age_s
+        self._retry_base_s = retry_base_s
+        self._clock = clock
+
+    def handle_event(self, event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, str]]]:
+        """The Lambda entry: an SQS event and its context (whose remaining time bounds the work)."""
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        return self.handle(event.get("Records") or [], remaining() / 1000 if callable(remaining) else 20.0)
+
+    def handle(self, records: Sequence[Mapping[str, Any]], remaining_s: float) -> dict[str, list[dict[str, str]]]:
+        """Push every record's shard within ``remaining_s`` (less a margin); the answer names the failed ones."""
+        # Stop starting pushes one push deadline before the Lambda timeout, so a timeout never cuts a push short.
+        end = time.monotonic() + remaining_s - self._push_deadline_s - 1.0
+        failures: list[dict[str, str]] = []
+        for record in records:
+            message_id = str(record.get("messageId", ""))
+            try:
+                result = self.push_shard(Shard.parse(str(record.get("body", ""))), end)
+                ok = result.complete
+            except ValueError as error:
+                log.error("poison fan-out shard %s: %s", message_id, error)
+                ok = False
+            except Exception:
+                log.exception("fan-out shard %s failed", message_id)
+                ok = False
+            if not ok:
+                failures.append({"itemIdentifier": message_id})
+                self._retry_soon(record)
+        return {"batchItemFailures": failures}
+
+    def push_shard(self, shard: Shard, end: float) -> ShardResult:
+        """Push one shard until ``end`` (a ``time.monotonic()`` instant); ``complete`` False if it must come back."""
+        result = ShardResult()
+        if self._clock() - shard.enqueued_at > self._max_age_s:
+            log.warning("fan-out shard %s/%d is too old to push; dropped", shard.message_id, shard.index)
+            return result
+        members = self._membership.current_members(shard.conversation_id, shard.members)
+        result.dropped_members = len(shard.members) - len(members)
+        connections_by_user = self._registry().connections_for(members)
+        claims = ShardClaims(
+            self._redis(),
+            ShardClaims.key_for(self._prefix, shard.message_id, shard.index),
+            int(self._max_age_s * 2),
+        )
+        targets = claims.unclaimed([c for member in members for c in connections_by_user.get(member, ())])
+        client = ClaimingClient(self._client_for(shard.endpoint), claims)
+        budget = self._budget()
+        for start in range(0, len(targets), self._chunk):
+            chunk = targets[start : start + self._chunk]
+            left = end - time.monotonic()
+            granted = budget.acquire(len(chunk), max_wait_s=max(0.0, left)) if budget else len(chunk)
+            if granted < len(chunk):
+                result.complete = False
+                chunk = chunk[:granted]
+            left = end - time.monotonic() + self._push_deadline_s
+            if chunk and left > 0:
+                pusher = Pusher(
+                    client, on_gone=self._on_gone, executor=self._executor, deadline_s=min(self._push_deadline_s, left)
+                )
+                report = pusher.push_all([Push(connection_id, shard.frame) for connection_id in chunk])
+                result.delivered += len(report.delivered)
+                result.gone += len(report.gone)
+                result.failed += len(report.failed)
+            elif chunk:
+                result.complete = False
+            if not result.complete:
+                break
+        result.skipped = client.skipped
+        result.delivered -= client.skipped
+        if result.failed:
+            result.complete = False
+        return result
+
+    def _retry_soon(self, record: Mapping[str, Any]) -> None:
+        """Ask for a failed shard back after a backoff with jitter instead of the whole visibility timeout."""
+        queue = self._queue()
+        handle = record.get("receiptHandle")
+        if queue is None or not isinstance(handle, str):
+            return
+        count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
+        delay = min(60.0, self._retry_base_s * 2 ** (count - 1)) * random.uniform(0.8, 1.2)
+        try:
+            queue.retry_later(handle, round(delay))
+        except QueueUnavailable as error:  # it comes back after the visibility timeout instead
+            log.warning("could not shorten a failed shard's visibility: %s", error)
