@@ -74,9 +74,10 @@ def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_every_function_runs_in_the_vpc_below_api_gateways_timeout(template: tuple[Path, dict[str, Any]]) -> None:
     _, sam = template
     lambdas = functions(sam)
-    assert set(lambdas) == {"APIHandler", "WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect"}
+    assert set(lambdas) == {"APIHandler", "WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "FanoutWorker"}
     for name, props in lambdas.items():
-        assert props["Timeout"] < 29, name
+        if name != "FanoutWorker":  # the queue's worker answers no API Gateway request
+            assert props["Timeout"] < 29, name
         assert props["VpcConfig"]["SubnetIds"] and props["VpcConfig"]["SecurityGroupIds"], name
         variables = props["Environment"]["Variables"]
         assert "COGNITO_APP_CLIENT_ID" in variables and "REDIS_URL" in variables
@@ -94,6 +95,69 @@ def test_policy_is_least_privilege(template: tuple[Path, dict[str, Any]]) -> Non
         assert not any(a.endswith(":*") or a == "*" for a in actions), name
         push = next(s for s in statements if s["Action"] == "execute-api:ManageConnections")
         assert push["Resource"].endswith("/@connections/*")
+
+
+QUEUE_ARN = {"Fn::GetAtt": ["FanoutQueue", "Arn"]}
+SENDERS = {"WebsocketMessageRole", "ApiHandlerRole"}
+CONSUMER_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
+
+
+def sqs_grants(template: dict[str, Any]) -> dict[str, set[str]]:
+    """role -> the SQS actions granted to it (on the fan-out queue only: anything else fails the test)."""
+    grants: dict[str, set[str]] = {}
+    for resource in template["Resources"].values():
+        properties = resource["Properties"]
+        if resource["Type"] == "AWS::IAM::Policy":
+            roles, documents = [r["Ref"] for r in properties["Roles"]], [properties["PolicyDocument"]]
+        elif resource["Type"] == "AWS::IAM::Role":
+            roles, documents = [], [p["PolicyDocument"] for p in properties.get("Policies", [])]
+        else:
+            continue
+        for statement in (s for d in documents for s in d["Statement"]):
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            sqs = {a for a in actions if a.startswith("sqs:")}
+            if not sqs:
+                continue
+            assert roles, "SQS rights belong on the queue's ARN, granted per role (merge-template.json)"
+            assert statement["Resource"] == QUEUE_ARN and statement["Effect"] == "Allow", statement
+            for role in roles:
+                grants.setdefault(role, set()).update(sqs)
+    return grants
+
+
+def test_only_the_senders_may_enqueue_and_only_the_worker_may_consume(template: tuple[Path, dict[str, Any]]) -> None:
+    _, sam = template
+    grants = sqs_grants(sam)
+    assert grants == {**{role: {"sqs:SendMessage"} for role in SENDERS}, "FanoutWorkerRole": CONSUMER_ACTIONS}
+    assert sam["Resources"]["FanoutWorker"]["Properties"]["Role"] == {"Fn::GetAtt": ["FanoutWorkerRole", "Arn"]}
+    # The event source mapping is created only once its role may read the queue.
+    assert "FanoutConsumePolicy" in sam["Resources"]["FanoutWorker"]["DependsOn"]
+
+
+def test_the_fanout_queue_has_a_dead_letter_queue_and_a_partial_batch_worker(
+    template: tuple[Path, dict[str, Any]],
+) -> None:
+    _, sam = template
+    resources = sam["Resources"]
+    queue = resources["FanoutQueue"]["Properties"]
+    assert resources["FanoutDeadLetterQueue"]["Type"] == "AWS::SQS::Queue"
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "FanoutMaxReceiveCount"},
+    }
+    assert sam["Parameters"]["FanoutMaxReceiveCount"]["Default"] >= 2
+    worker = resources["FanoutWorker"]["Properties"]
+    # AWS's rule: a visibility timeout of at least six times the function's timeout.
+    assert queue["VisibilityTimeout"] >= 6 * worker["Timeout"]
+    # Shards live no longer than the worker pushes them (FANOUT_MAX_AGE_SECONDS, 3600 by default).
+    assert queue["MessageRetentionPeriod"] <= 3600
+    [event] = worker["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::Sub": "${FanoutQueue.Arn}"}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 < event["Properties"]["BatchSize"] <= 10
+    for name in ("WebsocketMessage", "APIHandler", "FanoutWorker"):
+        assert resources[name]["Properties"]["Environment"]["Variables"]["FANOUT_QUEUE_URL"] == {"Ref": "FanoutQueue"}
 
 
 def test_websocket_routes_are_wired(template: tuple[Path, dict[str, Any]]) -> None:
@@ -143,6 +207,7 @@ from chalicelib import wiring
 wiring.get_service()
 wiring.get_registry()
 wiring.get_verifier()
+wiring.get_fanout_worker()
 wiring.get_pusher(wiring.connections_endpoint("abc.execute-api.us-east-1.amazonaws.com", "prod"))
 package = os.getcwd() + os.sep
 print(json.dumps([path for path in compiled if path.startswith(package)]))
