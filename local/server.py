@@ -37,6 +37,7 @@ from chalicelib.config import get_settings
 from chalicelib.migrations import MigrationError, apply_migrations
 from local.connections_api import SigningKey
 from local.identity import LocalIdentityProvider
+from local.queue import LocalQueue, LocalQueueWorker
 from local.rest_gateway import ApiGateway, HttpGateway, LocalRoutes, StaticFiles
 from local.services import EmbeddedServices
 from local.websocket_gateway import Limits, WebSocketGateway, WebSocketHandlers
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "chat-api local server"
 CLIENT_ID = "local-client"
 STAGE = "local"
+FANOUT_QUEUE = "fanout"
 
 
 class StartupError(Exception):
@@ -190,6 +192,8 @@ def app_environment(
         "COGNITO_APP_CLIENT_ID": CLIENT_ID,
         "COGNITO_USER_POOL_ID": "local",
         "CONNECTIONS_ENDPOINT_URL": http_url,
+        # Big fan-outs go through the in-process queue that serve() registers under this name (local/queue.py).
+        "FANOUT_QUEUE_URL": f"local:{FANOUT_QUEUE}",
         "CORS_ALLOWED_ORIGINS": ",".join(dict.fromkeys(origins)),
         "AWS_REGION": signing_key.region,
         "AWS_ACCESS_KEY_ID": signing_key.access_key_id,
@@ -252,6 +256,23 @@ def write_credentials(path: Path, key: SigningKey) -> None:
         )
 
 
+def fanout_worker() -> LocalQueueWorker:
+    """The fan-out queue (SQS's rules, a dead-letter queue after FANOUT_MAX_RECEIVE_COUNT receives) and the
+    poller that runs ``app.fanout_worker`` on its batches, as Lambda's event source mapping does."""
+    import app as chat_app
+    from chalicelib.queue import register_local_queue
+
+    dead_letter = LocalQueue(f"{FANOUT_QUEUE}-dlq", retention_s=14 * 86400)
+    queue = LocalQueue(
+        FANOUT_QUEUE,
+        visibility_timeout_s=360,
+        max_receive_count=get_settings().fanout_max_receive_count,
+        dead_letter=dead_letter,
+    )
+    register_local_queue(FANOUT_QUEUE, queue)
+    return LocalQueueWorker(queue, chat_app.fanout_worker, batch_size=10, timeout_s=60)
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -291,7 +312,9 @@ async def serve(
         identity, {"websocketUrl": ws_url, "restUrl": http_url, "connectionsUrl": http_url, "stage": STAGE}
     )
     http: HttpGateway | None = None
+    fanout = fanout_worker()
     try:
+        fanout.start()
         await ws_gateway.start(ws_sock)
         http = HttpGateway(
             http_sock,
@@ -311,6 +334,7 @@ async def serve(
             signal.signal(signum, signal.SIG_IGN)
         say(f"{NAME}: stopping")
         await ws_gateway.close()
+        await asyncio.to_thread(fanout.stop)  # before HTTP: its pushes go through the local @connections API
         if http is not None:
             await asyncio.to_thread(http.stop)
 

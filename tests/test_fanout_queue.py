@@ -278,3 +278,50 @@ def test_plan_shards_caps_connections_per_shard_and_skips_offline_members() -> N
     assert all(sum(len(connections[m]) for m in s.members) <= 5 for s in shards)
     assert [s.index for s in shards] == list(range(len(shards)))
     assert Shard.parse(shards[0].body()) == shards[0]
+
+
+# --- make dev: the local server runs the same worker on its in-process queue --------------------------------
+
+
+def test_the_local_server_fans_a_big_group_out_through_its_queue(
+    app_environment: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import json
+    import os
+
+    from tests.local_server import server_env, start_server
+
+    data_dir = tmp_path_factory.mktemp("fanout-server") / "data"
+    env = server_env(
+        data_dir,
+        DATABASE_URL=os.environ["DATABASE_URL"],
+        REDIS_URL=os.environ["REDIS_URL"],
+        REDIS_KEY_PREFIX=f"chat-local-{uuid.uuid4().hex[:8]}:",
+        FANOUT_QUEUE_THRESHOLD="2",
+        FANOUT_SHARD_SIZE="1",
+    )
+    server = start_server(data_dir, env)
+    try:
+        alice, bob, carol = new_user("alice"), new_user("bob"), new_user("carol")
+        tokens = {user: server.token(user) for user in (alice, bob, carol)}
+        status, body = server.call(
+            "POST", "/conversation", tokens[alice], {"recipientIdArr": [bob, carol], "isGroup": True, "title": "t"}
+        )
+        assert status == 200, body
+        sockets = [server.socket(tokens[u]) for u in (alice, bob, bob, carol)]
+        try:
+            temp = uuid.uuid4().hex
+            frame = {"action": "send-message", "tempMessageId": temp, "conversationId": body["conversationId"]}
+            sockets[0].send(json.dumps({**frame, "content": "queued"}))
+            firsts = [json.loads(ws.recv(timeout=10)) for ws in sockets]
+            assert [(f["type"], f["tempMessageId"]) for f in firsts] == [("new-message", temp)] * 4
+            time.sleep(0.3)  # room for a duplicate to arrive
+            for ws in sockets:
+                with pytest.raises(TimeoutError):
+                    ws.recv(timeout=0)
+        finally:
+            for ws in sockets:
+                ws.close()
+    finally:
+        assert server.stop() == 0, server.output()
+    assert "fanout_worker failed" not in server.output()
