@@ -223,12 +223,12 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"dataset: {ds['users']:,} users, {ds['conversations']:,} conversations, {ds['messages']:,} messages",
         "",
-        f"{'operation (ms)':<48} {'ours':>9} {'baseline':>10} {'ratio':>8}  target",
-        "-" * 100,
+        f"{'operation (ms)':<62} {'ours':>9} {'baseline':>10} {'ratio':>8}  target",
+        "-" * 114,
     ]
     for name, ours, base, target in rows(results):
         ratio = f"{base / ours:,.1f}x" if ours and base else ""
-        lines.append(f"{name:<48} {_fmt(ours):>9} {_fmt(base):>10} {ratio:>8}  {target}")
+        lines.append(f"{name:<62} {_fmt(ours):>9} {_fmt(base):>10} {ratio:>8}  {target}")
     e2e = results.get("e2e_local")
     lines.append("")
     if isinstance(e2e, dict) and "delivered" in e2e:
