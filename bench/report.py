@@ -123,21 +123,21 @@ _GROUP_KEYS = {
 
 
 def merge(previous: dict[str, Any] | None, current: dict[str, Any], phases: set[str]) -> dict[str, Any]:
-    """Keep the previous run's figures for phases this run skipped (``--only``)."""
+    """Keep the previous run's figures for phases this run skipped (``--only``), key by key where a section holds
+    figures of two phases."""
     if not previous:
         return current
-    merged = {name: dict(value) if isinstance(value, dict) else value for name, value in current.items()}
+    merged = dict(current)
     for section, phase in _SECTION_PHASE.items():
-        if section not in previous:
-            continue
+        old, new = previous.get(section), current.get(section)
         group_keys = _GROUP_KEYS.get(section, ())
-        if phase not in phases:
-            kept = {k: v for k, v in merged[section].items() if k in group_keys and "groups" in phases}
-            merged[section] = {**previous[section], **kept}
-        if "groups" not in phases:
-            for key in group_keys:
-                if key in previous[section]:
-                    merged[section][key] = previous[section][key]
+        if phase not in phases and old is not None:
+            if isinstance(old, dict) and isinstance(new, dict) and "groups" in phases:
+                merged[section] = {**old, **{key: new[key] for key in group_keys if key in new}}
+            else:
+                merged[section] = old
+        elif "groups" not in phases and isinstance(old, dict) and isinstance(new, dict):
+            merged[section] = {**new, **{key: old[key] for key in group_keys if key in old}}
     return merged
 
 
@@ -186,7 +186,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
             f"send-message, 10,000 members ({_online(sm, '10k')}), p50",
             sm.get("group_10k_p50_ms"),
             None,
-            f"(direct{_times(sm.get('group_10k_p50_ms'), sm.get('p50_ms'))})",
+            f"vs direct{_times(sm.get('group_10k_p50_ms'), sm.get('p50_ms'))}",
         ),
         ("WAL bytes per send, direct", sm.get("wal_bytes_direct"), None, ""),
         ("WAL bytes per send, 100 members", sm.get("wal_bytes_group_100"), None, ""),
