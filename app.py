@@ -80,10 +80,14 @@ def add_cors_headers(event: Any, get_response: Callable[[Any], Response]) -> Res
 # --- REST ---------------------------------------------------------------------------------
 
 
+def raw_body() -> str | bytes | None:
+    request = app.current_request
+    return request.raw_body if request else None
+
+
 @api("/conversation", "POST")
 def create_conversation() -> Any:
-    request = app.current_request
-    return get_service().create_conversation(caller(), request.raw_body if request else None)
+    return get_service().create_conversation(caller(), raw_body())
 
 
 @api("/conversation/direct/{userId}", "GET")
@@ -114,6 +118,41 @@ def get_conversation_participants(conversationId: str) -> Any:  # noqa: N803
     return get_service().conversation_participants(caller(), conversationId)
 
 
+# --- Groups (CONTRACT.md section 6) -------------------------------------------------------
+
+
+@api("/conversations/{conversationId}/participants", "POST")
+def add_participants(conversationId: str) -> Any:  # noqa: N803
+    return get_service().add_participants(caller(), conversationId, raw_body())
+
+
+@api("/conversations/{conversationId}/participants/{userId}", "DELETE")
+def remove_participant(conversationId: str, userId: str) -> Any:  # noqa: N803
+    return get_service().remove_participant(caller(), conversationId, userId)
+
+
+@api("/conversations/{conversationId}/participants/{userId}", "PATCH")
+def set_participant_role(conversationId: str, userId: str) -> Any:  # noqa: N803
+    return get_service().set_participant_role(caller(), conversationId, userId, raw_body())
+
+
+@api("/conversations/{conversationId}", "PATCH")
+def rename_conversation(conversationId: str) -> Any:  # noqa: N803
+    return get_service().rename_conversation(caller(), conversationId, raw_body())
+
+
+@api("/conversations/{conversationId}/settings", "PUT")
+def update_conversation_settings(conversationId: str) -> Any:  # noqa: N803
+    return get_service().update_settings(caller(), conversationId, raw_body())
+
+
+@api("/conversations/{conversationId}/members", "GET")
+def get_conversation_members(conversationId: str) -> Any:  # noqa: N803
+    page = get_service().conversation_members(caller(), conversationId, query_params(app.current_request))
+    headers: dict[str, str | list[str]] = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
+    return Response(body=page.items, headers=headers)
+
+
 # CORS preflights carry no token, so they have their own open OPTIONS routes.
 for _path in (
     "/conversation",
@@ -122,6 +161,9 @@ for _path in (
     "/conversations/{conversationId}",
     "/conversations/{conversationId}/messages",
     "/conversations/{conversationId}/participants",
+    "/conversations/{conversationId}/participants/{userId}",
+    "/conversations/{conversationId}/settings",
+    "/conversations/{conversationId}/members",
 ):
     app.route(_path, methods=["OPTIONS"], name=f"preflight{_path.replace('/', '_')}")(
         lambda **_params: Response(body="", status_code=204)

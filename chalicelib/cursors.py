@@ -1,4 +1,4 @@
-"""Opaque, tamper-evident cursors for the conversation list.
+"""Opaque, tamper-evident cursors for the conversation list and a conversation's members.
 
 A cursor is what the server handed out in ``X-Next-Cursor``, and nothing else is
 accepted: 36 bytes, URL-safe base64 without padding::
@@ -68,6 +68,37 @@ def decode_cursor(token: str, user_id: str, key: bytes) -> ListCursor:
     if not _EARLIEST <= activity_at < _LATEST:
         raise BadRequest(INVALID)
     return ListCursor(activity_at, str(uuid.UUID(bytes=conversation)))
+
+
+# Member cursors: "m", the conversation's 16 bytes, then the last user id listed (UTF-8, at most 512 bytes),
+# tagged like list cursors. Bound to the conversation as well as the caller.
+_MEMBER_KIND = b"m"
+_MAX_MEMBER_TOKEN = 4 * (1 + 16 + 512 + _TAG_BYTES) // 3 + 4
+
+
+def encode_member_cursor(conversation_id: str, after_user: str, user_id: str, key: bytes) -> str:
+    payload = _MEMBER_KIND + uuid.UUID(conversation_id).bytes + after_user.encode("utf-8")
+    return base64.urlsafe_b64encode(payload + _tag(key, user_id, payload)).decode("ascii").rstrip("=")
+
+
+def decode_member_cursor(token: str, conversation_id: str, user_id: str, key: bytes) -> str:
+    """The user id a members page resumes after; ``BadRequest`` for a cursor this server did not issue
+    to this user for this conversation."""
+    if not 0 < len(token) <= _MAX_MEMBER_TOKEN or not token.isascii():
+        raise BadRequest(INVALID)
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise BadRequest(INVALID) from None
+    payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+    if len(raw) <= 17 + _TAG_BYTES or not hmac.compare_digest(tag, _tag(key, user_id, payload)):
+        raise BadRequest(INVALID)
+    if payload[:1] != _MEMBER_KIND or payload[1:17] != uuid.UUID(conversation_id).bytes:
+        raise BadRequest(INVALID)
+    try:
+        return payload[17:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(INVALID) from None
 
 
 def cursor_key(secret: str, fallback_context: str) -> bytes:

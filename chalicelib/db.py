@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -96,14 +96,39 @@ class UniqueViolation(Exception):
         self.constraint = constraint
 
 
-class Database:
+class Queries:
+    """Named queries, and the row-shape helpers every runner of them shares."""
+
+    def run(self, name: str, **params: Any) -> list[Row]:
+        raise NotImplementedError
+
+    def optional(self, name: str, **params: Any) -> Row | None:
+        """The one row the named query returns, or None when it returns none."""
+        rows = self.run(name, **params)
+        if len(rows) > 1:
+            raise ValueError(f"query {name!r} returned {len(rows)} rows where at most one was expected")
+        return rows[0] if rows else None
+
+    def one(self, name: str, **params: Any) -> Row:
+        """The one row the named query always returns."""
+        row = self.optional(name, **params)
+        if row is None:
+            raise ValueError(f"query {name!r} returned no row where one was expected")
+        return row
+
+    def execute(self, name: str, **params: Any) -> None:
+        """Run the named query for its effect."""
+        self.run(name, **params)
+
+
+class Database(Queries):
     """A lazily opened pg8000 connection that runs named queries."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._connection: pg8000.native.Connection | None = None
         # pg8000 connections are not thread-safe; the local server shares one per process.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a named query run inside a transaction
         # Named prepared statements of the current connection, by SQL text.
         self._prepared: dict[str, Any] = {}
 
@@ -142,31 +167,72 @@ class Database:
         """
         with self._lock:
             for attempt in (1, 2):
-                if self._connection is None:
-                    self._connection = self._connect()
-                    self._prepared.clear()
                 try:
-                    rows, description = self._execute(self._connection, sql, params)
-                    columns = [column["name"] for column in description or []]
-                    return [dict(zip(columns, row, strict=True)) for row in rows or []]
-                except DatabaseError as error:
-                    code = _sqlstate(error)
-                    if code == UNIQUE_VIOLATION:
-                        raise UniqueViolation(_error_field(error, "n")) from error
-                    if code in _STALE_STATEMENT and attempt == 1:
-                        # A migration changed what a cached statement reads: prepare it again.
-                        self._prepared.pop(sql, None)
-                        continue
-                    if code in _SERVER_TIMEOUT:
-                        log.warning("statement cancelled by the server's time limit (%s)", code)
-                        raise ServiceUnavailable("The database is busy; try again") from error
-                    raise
+                    return self._attempt(sql, params, retry_stale=True)
                 except (InterfaceError, OSError) as error:
                     log.warning("database connection lost (%s); reconnecting", type(error).__name__)
                     self._drop_connection()
                     if attempt == 2 or not rerun:
                         raise ServiceUnavailable("The database could not be reached; try again") from error
             raise AssertionError("unreachable")
+
+    def _attempt(self, sql: str, params: dict[str, Any], *, retry_stale: bool) -> list[Row]:
+        """One execution on the current connection (opened if needed), its errors in our terms.
+
+        Connection failures (``InterfaceError``, ``OSError``) are left to the caller, which knows
+        whether the statement may run again.
+        """
+        if self._connection is None:
+            self._connection = self._connect()
+            self._prepared.clear()
+        try:
+            rows, description = self._execute(self._connection, sql, params)
+        except DatabaseError as error:
+            code = _sqlstate(error)
+            if code == UNIQUE_VIOLATION:
+                raise UniqueViolation(_error_field(error, "n")) from error
+            if code in _STALE_STATEMENT:
+                # A migration changed what a cached statement reads: prepare it again.
+                self._prepared.pop(sql, None)
+                if retry_stale:
+                    return self._attempt(sql, params, retry_stale=False)
+                raise ServiceUnavailable("The schema changed under the request; try again") from error
+            if code in _SERVER_TIMEOUT:
+                log.warning("statement cancelled by the server's time limit (%s)", code)
+                raise ServiceUnavailable("The database is busy; try again") from error
+            raise
+        columns = [column["name"] for column in description or []]
+        return [dict(zip(columns, row, strict=True)) for row in rows or []]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Several named queries that commit together or not at all, on one connection.
+
+        For changes that must read what they change under a lock (membership: lock the
+        conversation row first, then every later statement sees every earlier commit). Nothing
+        in it is re-run: a lost connection rolls the transaction back on the server, or, lost
+        during COMMIT, leaves its outcome unknown; either way the caller gets
+        ``ServiceUnavailable`` and a client retry must be harmless (the changes that use this are
+        idempotent).
+        """
+        with self._lock:
+            try:
+                try:
+                    self._attempt("BEGIN", {}, retry_stale=False)
+                except (InterfaceError, OSError):  # a dead pooled connection: nothing has happened yet
+                    self._drop_connection()
+                    self._attempt("BEGIN", {}, retry_stale=False)
+                try:
+                    yield Transaction(self)
+                except BaseException:
+                    with contextlib.suppress(InterfaceError, OSError, DatabaseError):
+                        self._attempt("ROLLBACK", {}, retry_stale=False)
+                    raise
+                self._attempt("COMMIT", {}, retry_stale=False)
+            except (InterfaceError, OSError) as error:
+                log.warning("database connection lost in a transaction (%s)", type(error).__name__)
+                self._drop_connection()
+                raise ServiceUnavailable("The database could not be reached; try again") from error
 
     def _execute(self, connection: pg8000.native.Connection, sql: str, params: dict[str, Any]) -> tuple[Any, Any]:
         if not params:
@@ -192,23 +258,15 @@ class Database:
         named: Query = load_queries()[name]
         return self._run(named.sql, params, rerun=named.rerun_safe)
 
-    def optional(self, name: str, **params: Any) -> Row | None:
-        """The one row the named query returns, or None when it returns none."""
-        rows = self.run(name, **params)
-        if len(rows) > 1:
-            raise ValueError(f"query {name!r} returned {len(rows)} rows where at most one was expected")
-        return rows[0] if rows else None
 
-    def one(self, name: str, **params: Any) -> Row:
-        """The one row the named query always returns."""
-        row = self.optional(name, **params)
-        if row is None:
-            raise ValueError(f"query {name!r} returned no row where one was expected")
-        return row
+class Transaction(Queries):
+    """Named queries inside ``Database.transaction()`` (the database's lock is held throughout)."""
 
-    def execute(self, name: str, **params: Any) -> None:
-        """Run the named query for its effect."""
-        self.run(name, **params)
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def run(self, name: str, **params: Any) -> list[Row]:
+        return self._database._attempt(load_queries()[name].sql, params, retry_stale=False)
 
 
 def parse_timestamptz(text: str) -> datetime:

@@ -93,6 +93,47 @@ class MemberConversation:
     muted: bool = False
 
 
+Role = Literal["owner", "admin", "member"]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a conversation, with where their read watermark stands."""
+
+    user_id: str
+    role: Role
+    joined_at: datetime
+    # 0, with None for the message and time, while they have read nothing.
+    last_read_position: int
+    last_read_message_id: str | None
+    read_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedConversation:
+    """A conversation whose row a membership or title change holds locked, as its caller sees it."""
+
+    conversation_id: str
+    title: str
+    is_group: bool
+    created_by: str
+    created_at: datetime
+    member_count: int
+    last_seq: int
+    # None: the caller is not a member.
+    caller_role: Role | None
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What removing one member did."""
+
+    # The role they had; None when they were not a member (nothing changed).
+    role: Role | None
+    # Who became owner because the owner left, if anyone.
+    new_owner: str | None = None
+
+
 class ConversationRow(NamedTuple):
     """One row of a user's conversation list, as the list query emits it.
 

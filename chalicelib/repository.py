@@ -14,20 +14,26 @@ from "someone else did": the former is reported as this request's own outcome.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from chalicelib.db import Database, Row, UniqueViolation, parse_timestamptz
+from chalicelib.db import Database, Row, Transaction, UniqueViolation, parse_timestamptz
 from chalicelib.errors import CONVERSATION_NOT_FOUND, Conflict, NotFound
 from chalicelib.model import (
     ConversationListQuery,
     ConversationRow,
     ListCursor,
+    LockedConversation,
+    Member,
     MemberConversation,
     NewConversation,
     ReadReceipt,
     ReadResult,
+    Removal,
+    Role,
     SentMessage,
     StoredMessage,
 )
@@ -129,6 +135,49 @@ class ChatRepository:
 
     def participants(self, conversation_id: str) -> list[str]:
         return [row["user_id"] for row in self._db.run("list_participants", conversation_id=conversation_id)]
+
+    def members(self, conversation_id: str, *, after_user: str, limit: int) -> list[Member]:
+        """A page of members by user id, after ``after_user`` ("" for the first page)."""
+        rows = self._db.run("members_page", conversation_id=conversation_id, after_user=after_user, limit=limit)
+        return [
+            Member(
+                row["user_id"],
+                row["role"],
+                row["joined_at"],
+                int(row["last_read_seq"]),
+                str(row["last_read_message_id"]) if row["last_read_message_id"] else None,
+                row["last_read_at"] if row["last_read_message_id"] else None,
+            )
+            for row in rows
+        ]
+
+    @contextlib.contextmanager
+    def change_conversation(self, conversation_id: str, caller: str) -> Iterator[ConversationChange]:
+        """One transaction that holds the conversation's row locked: membership, roles, title.
+
+        Concurrent changes of one conversation (and its sends, which update the same row) take
+        turns, and each sees the others' results, so no member row is duplicated, no removal lost
+        and the count and participantId stay exact. NotFound when the conversation does not exist.
+        """
+        with self._db.transaction() as tx:
+            row = tx.optional("lock_conversation", conversation_id=conversation_id, caller=caller)
+            if row is None:
+                raise NotFound(CONVERSATION_NOT_FOUND)
+            locked = LockedConversation(
+                str(row["conversation_id"]),
+                row["title"],
+                row["is_group"],
+                row["created_by"],
+                row["created_at"],
+                int(row["member_count"]),
+                int(row["last_seq"]),
+                row["caller_role"],
+            )
+            yield ConversationChange(tx, locked)
+
+    def set_muted(self, conversation_id: str, user_id: str, muted: bool) -> None:
+        if self._db.optional("set_muted", conversation_id=conversation_id, user_id=user_id, muted=muted) is None:
+            raise NotFound(CONVERSATION_NOT_FOUND)
 
     def user_conversations(self, user_id: str, query: ConversationListQuery) -> list[ConversationRow]:
         """A page of the user's conversations, newest activity first, after the query's cursor."""
@@ -233,3 +282,51 @@ class ChatRepository:
             return []
         rows = self._db.run("messages_in_seq_range", conversation_id=conversation_id, low=max(low, 0), high=high)
         return [_message(row) for row in rows]
+
+
+class ConversationChange:
+    """The statements of one locked change (``ChatRepository.change_conversation``).
+
+    The chat service decides what is allowed from ``conversation`` and ``roles``; these only do it.
+    """
+
+    def __init__(self, tx: Transaction, conversation: LockedConversation) -> None:
+        self._tx = tx
+        self.conversation = conversation
+        self._id = conversation.conversation_id
+
+    def roles(self, user_ids: list[str]) -> dict[str, Role]:
+        """The roles of those of ``user_ids`` who are members."""
+        rows = self._tx.run("member_roles", conversation_id=self._id, user_ids=user_ids)
+        return {row["user_id"]: cast(Role, row["role"]) for row in rows}
+
+    def add(self, user_ids: list[str]) -> list[str]:
+        """Add the non-members among ``user_ids``; returns who was added (sorted)."""
+        rows = self._tx.run(
+            "insert_members", conversation_id=self._id, user_ids=user_ids, last_seq=self.conversation.last_seq
+        )
+        added = sorted(row["user_id"] for row in rows)
+        if added:
+            self._tx.execute("recount_members", conversation_id=self._id, delta=len(added))
+        return added
+
+    def remove(self, user_id: str) -> Removal:
+        """Remove one member; the owner's leaving hands the group to their successor."""
+        row = self._tx.optional("delete_member", conversation_id=self._id, user_id=user_id)
+        if row is None:
+            return Removal(None)
+        role = cast(Role, row["role"])
+        new_owner = None
+        if role == "owner":
+            new_owner = self._tx.one("owner_successor", conversation_id=self._id)["user_id"]
+            if new_owner is not None:
+                self._tx.execute("set_member_role", conversation_id=self._id, user_id=new_owner, role="owner")
+        self._tx.execute("recount_members", conversation_id=self._id, delta=-1)
+        return Removal(role, new_owner)
+
+    def set_role(self, user_id: str, role: Role) -> bool:
+        """Whether ``user_id`` is a member (and now has ``role``)."""
+        return self._tx.optional("set_member_role", conversation_id=self._id, user_id=user_id, role=role) is not None
+
+    def rename(self, title: str) -> None:
+        self._tx.execute("rename_conversation", conversation_id=self._id, title=title)

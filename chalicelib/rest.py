@@ -10,7 +10,7 @@ from chalice.app import Request, Response
 from chalicelib.config import get_settings
 from chalicelib.errors import ChatError, TooManyRequests
 
-ALLOWED_METHODS = "GET,POST,OPTIONS"
+ALLOWED_METHODS = "GET,POST,PUT,PATCH,DELETE,OPTIONS"
 ALLOWED_HEADERS = "Authorization,Content-Type"
 
 

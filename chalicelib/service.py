@@ -17,12 +17,19 @@ data), the database row re-registers it: a frame is proof the socket is open.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from chalicelib import roles
 from chalicelib.config import Settings
-from chalicelib.cursors import cursor_key, decode_cursor, encode_cursor
+from chalicelib.cursors import (
+    cursor_key,
+    decode_cursor,
+    decode_member_cursor,
+    encode_cursor,
+    encode_member_cursor,
+)
 from chalicelib.errors import (
     BadRequest,
     ChatError,
@@ -38,18 +45,24 @@ from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
 from chalicelib.validation import (
+    MAX_MEMBERS_PAGE,
     Frame,
     FrameContext,
     Heartbeat,
     ReadMessages,
     SendMessage,
     frame_context,
+    parse_added_members,
     parse_conversation_list_query,
     parse_frame,
     parse_frame_object,
     parse_json_object,
+    parse_members_query,
     parse_message_page_query,
     parse_new_conversation,
+    parse_role,
+    parse_settings_change,
+    parse_title_change,
     parse_user_id,
     parse_uuid,
     refused_frame_context,
@@ -57,10 +70,15 @@ from chalicelib.validation import (
 from chalicelib.wire import (
     JSONObject,
     Push,
+    connections_of,
     conversation_body,
+    conversation_created_frame,
     conversation_row_body,
+    conversation_updated_frame,
     error_frame,
+    member_page_body,
     message_body,
+    participants_updated_frame,
     plan_echo,
     plan_new_message,
     plan_read,
@@ -73,6 +91,14 @@ if TYPE_CHECKING:
     from chalicelib.limits import RateLimiter
 
 log = logging.getLogger(__name__)
+
+# A frame lists a conversation's participants only up to this many (about 40 KB of ids, under API
+# Gateway's 128 KB frame limit); above, ``participants`` is null and clients page the members over REST.
+FRAME_PARTICIPANTS_MAX = 1000
+
+
+def _listable(members: Sequence[str]) -> list[str] | None:
+    return list(members) if len(members) <= FRAME_PARTICIPANTS_MAX else None
 
 
 @dataclass(frozen=True)
@@ -137,7 +163,9 @@ class ChatService:
         )
         body = parse_json_object(raw_body, self._settings.max_request_bytes)
         spec = parse_new_conversation(body, caller, self._settings)
-        conversation_id, _created = self._repo.create_conversation(caller, spec)
+        conversation_id, created = self._repo.create_conversation(caller, spec)
+        if created:  # a get-or-create that found the pair, or a repeated requestId, pushes nothing
+            self._announce_created(conversation_id, caller, spec.members)
         return {"conversationId": conversation_id}
 
     def direct_conversation(self, caller: str, other: str) -> JSONObject | None:
@@ -156,9 +184,16 @@ class ChatService:
         return Page([conversation_row_body(row) for row in rows], next_cursor)
 
     def get_conversation(self, caller: str, conversation_id: str) -> JSONObject:
+        """The conversation with its members and read positions: all of them up to MAX_MEMBERS_PAGE,
+        else the first page and ``membersNextCursor`` for GET /conversations/{id}/members."""
         conversation_id = parse_uuid(conversation_id, "conversationId")
         conversation = self._repo.member_conversation(conversation_id, caller)
-        return conversation_body(conversation, self._repo.participants(conversation_id), caller)
+        members = self._repo.members(conversation_id, after_user="", limit=MAX_MEMBERS_PAGE)
+        next_cursor = None
+        if conversation.member_count > len(members) and members:
+            next_cursor = encode_member_cursor(conversation_id, members[-1].user_id, caller, self._cursor_key)
+        participants = self._repo.participants(conversation_id)
+        return conversation_body(conversation, participants, caller, members, next_cursor)
 
     def conversation_messages(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> list[JSONObject]:
         conversation_id = parse_uuid(conversation_id, "conversationId")
@@ -184,6 +219,138 @@ class ChatService:
         conversation_id = parse_uuid(conversation_id, "conversationId")
         self._repo.member_conversation(conversation_id, caller)
         return self._repo.participants(conversation_id)
+
+    def conversation_members(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> Page:
+        """A page of members with their roles and read positions (large groups page; small ones fit one)."""
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        query = parse_members_query(params)
+        self._repo.member_conversation(conversation_id, caller)
+        after = ""
+        if query.cursor is not None:
+            after = decode_member_cursor(query.cursor, conversation_id, caller, self._cursor_key)
+        members = self._repo.members(conversation_id, after_user=after, limit=query.limit)
+        next_cursor = None
+        if len(members) == query.limit:
+            next_cursor = encode_member_cursor(conversation_id, members[-1].user_id, caller, self._cursor_key)
+        return Page([member_page_body(member) for member in members], next_cursor)
+
+    # --- groups: members, roles, title, settings (CONTRACT.md sections 5 and 6) ----------
+    #
+    # Each change runs in one transaction holding the conversation's row (ChatRepository.
+    # change_conversation); chalicelib/roles.py decides inside it who may do what. Pushes go out
+    # after the commit, and only when something changed, so repeating a request changes nothing.
+
+    def add_participants(self, caller: str, conversation_id: str, raw_body: str | bytes | None) -> JSONObject:
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        users = parse_added_members(self._body(raw_body), self._settings)
+        with self._repo.change_conversation(conversation_id, caller) as change:
+            roles.may_add(change.conversation)
+            fresh = [user for user in users if user not in change.roles(users)]
+            if change.conversation.member_count + len(fresh) > self._settings.max_participants:
+                raise BadRequest(f"A conversation has at most {self._settings.max_participants} participants")
+            added = change.add(fresh) if fresh else []
+        if added:
+            self._announce_members(conversation_id, caller, added=added)
+        return {"added": added}
+
+    def remove_participant(self, caller: str, conversation_id: str, user_id: str) -> JSONObject:
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        user_id = parse_user_id(user_id, "userId")
+        with self._repo.change_conversation(conversation_id, caller) as change:
+            target_role = change.roles([user_id]).get(user_id)
+            roles.may_remove(change.conversation, caller, user_id, target_role)
+            removal = change.remove(user_id) if target_role is not None else None
+        if removal is None or removal.role is None:
+            return {"removed": []}
+        handed_over = {removal.new_owner: "owner"} if removal.new_owner else {}
+        # The removed member hears of it too (and of nothing after).
+        self._announce_members(conversation_id, caller, removed=[user_id], changed_roles=handed_over, also=[user_id])
+        return {"removed": [user_id]}
+
+    def set_participant_role(
+        self, caller: str, conversation_id: str, user_id: str, raw_body: str | bytes | None
+    ) -> JSONObject:
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        user_id = parse_user_id(user_id, "userId")
+        role = parse_role(self._body(raw_body))
+        with self._repo.change_conversation(conversation_id, caller) as change:
+            target_role = change.roles([user_id]).get(user_id)
+            roles.may_set_role(change.conversation, caller, user_id, target_role)
+            changed = target_role != role and change.set_role(user_id, role)
+        if changed:
+            self._announce_members(conversation_id, caller, changed_roles={user_id: role})
+        return {"userId": user_id, "role": role}
+
+    def rename_conversation(self, caller: str, conversation_id: str, raw_body: str | bytes | None) -> JSONObject:
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        title = parse_title_change(self._body(raw_body), self._settings)
+        with self._repo.change_conversation(conversation_id, caller) as change:
+            roles.may_rename(change.conversation)
+            changed = title != change.conversation.title
+            if changed:
+                change.rename(title)
+        if changed:
+            frame = conversation_updated_frame(conversation_id, title, caller)
+            self._publish(frame, self._repo.participants(conversation_id))
+        return self.get_conversation(caller, conversation_id)
+
+    def update_settings(self, caller: str, conversation_id: str, raw_body: str | bytes | None) -> JSONObject:
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        muted = parse_settings_change(self._body(raw_body))
+        conversation = self._repo.member_conversation(conversation_id, caller)
+        if not conversation.is_group:
+            raise BadRequest("A direct conversation has no settings to change")
+        self._repo.set_muted(conversation_id, caller, muted)
+        return {"muted": muted}
+
+    def _body(self, raw_body: str | bytes | None) -> dict[str, Any]:
+        return parse_json_object(raw_body, self._settings.max_request_bytes)
+
+    def _announce_members(
+        self,
+        conversation_id: str,
+        by: str,
+        *,
+        added: Sequence[str] = (),
+        removed: Sequence[str] = (),
+        changed_roles: Mapping[str, str] | None = None,
+        also: Sequence[str] = (),
+    ) -> None:
+        """``participants-updated`` to every member after the change, and to ``also`` (those just removed)."""
+        members = self._repo.participants(conversation_id)
+        frame = participants_updated_frame(
+            conversation_id, by, added=added, removed=removed, roles=changed_roles, participants=_listable(members)
+        )
+        self._publish(frame, [*members, *also])
+
+    def _announce_created(self, conversation_id: str, caller: str, members: Sequence[str]) -> None:
+        conversation = self._repo.member_conversation(conversation_id, caller)
+        frame = conversation_created_frame(
+            conversation_id,
+            conversation.title,
+            conversation.is_group,
+            conversation.created_by,
+            conversation.created_at,
+            _listable(members),
+        )
+        self._publish(frame, members)
+
+    def _publish(self, frame: JSONObject, users: Sequence[str]) -> PushReport:
+        """One frame to every connection of these users, from a REST call (no event names the endpoint).
+
+        Best effort, like every push: the change is committed already. Without a configured
+        ``CONNECTIONS_ENDPOINT_URL`` or a reachable registry nothing is pushed, and clients see
+        the change on their next read.
+        """
+        endpoint = self._settings.connections_endpoint_url
+        if not endpoint:
+            log.warning("CONNECTIONS_ENDPOINT_URL is not set; %s not pushed", frame["type"])
+            return PushReport()
+        connections = self._connections_or_none(list(users))
+        if connections is None:
+            return PushReport()
+        pushes = [Push(connection_id, frame) for connection_id in connections_of(users, connections)]
+        return self._pusher(endpoint).push_all(pushes)
 
     # --- WebSocket -------------------------------------------------------------------
 

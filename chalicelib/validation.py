@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, PayloadTooLarge
@@ -144,17 +144,62 @@ def parse_new_conversation(body: Mapping[str, Any], caller: str, settings: Setti
         raise BadRequest("A group needs at least two recipients besides the caller")
     if len(others) + 1 > settings.max_participants:
         raise BadRequest(f"A conversation has at most {settings.max_participants} participants")
-    title = _storable(title.strip(), "title")
-    if not title:
-        raise BadRequest("A group needs a non-empty title")
-    if len(title) > settings.max_title_chars:
-        raise BadRequest(f"title must be at most {settings.max_title_chars} characters")
+    title = parse_group_title(title, settings)
     request_id = body.get("requestId")
     if request_id is not None:
         if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_TEMP_ID_CHARS or not request_id.strip():
             raise BadRequest(f"requestId must be a string of 1 to {MAX_TEMP_ID_CHARS} characters")
         request_id = _storable(request_id, "requestId")
     return NewConversation(True, title, (caller, *others), request_id)
+
+
+def parse_group_title(value: Any, settings: Settings) -> str:
+    """A group's title: non-empty once trimmed, at most MAX_TITLE_CHARS characters."""
+    if not isinstance(value, str):
+        raise BadRequest("title must be a string")
+    title = _storable(value.strip(), "title")
+    if not title:
+        raise BadRequest("A group needs a non-empty title")
+    if len(title) > settings.max_title_chars:
+        raise BadRequest(f"title must be at most {settings.max_title_chars} characters")
+    return title
+
+
+# --- Group management (CONTRACT.md section 6) -------------------------------------------
+
+ASSIGNABLE_ROLES = ("admin", "member")
+
+
+def parse_added_members(body: Mapping[str, Any], settings: Settings) -> list[str]:
+    """``{"userIds": [..]}``: 1 to MAX_PARTICIPANTS user ids, each once, in the order given."""
+    users = body.get("userIds")
+    if not isinstance(users, list) or not users:
+        raise BadRequest("userIds must be a non-empty array of user ids")
+    if len(users) > settings.max_participants:
+        raise BadRequest(f"A conversation has at most {settings.max_participants} participants")
+    return list(dict.fromkeys(parse_user_id(user, "userIds[]") for user in users))
+
+
+def parse_role(body: Mapping[str, Any]) -> Literal["admin", "member"]:
+    role = body.get("role")
+    if role == "admin":
+        return "admin"
+    if role == "member":
+        return "member"
+    raise BadRequest(f"role must be one of {', '.join(ASSIGNABLE_ROLES)}")
+
+
+def parse_title_change(body: Mapping[str, Any], settings: Settings) -> str:
+    if "title" not in body:
+        raise BadRequest("title is required")
+    return parse_group_title(body["title"], settings)
+
+
+def parse_settings_change(body: Mapping[str, Any]) -> bool:
+    muted = body.get("muted")
+    if not isinstance(muted, bool):
+        raise BadRequest("muted must be true or false")
+    return muted
 
 
 # --- Query strings ---------------------------------------------------------------------
@@ -191,6 +236,21 @@ def parse_conversation_list_query(
         limit = MAX_LIST_LIMIT // 4
     cursor = decode_cursor(params["cursor"]) if "cursor" in params else None
     return ConversationListQuery(is_read, limit, paged, cursor)
+
+
+@dataclass(frozen=True)
+class MembersQuery:
+    limit: int
+    # The raw cursor, checked by the caller (it knows the key and the conversation).
+    cursor: str | None
+
+
+MAX_MEMBERS_PAGE = 1000
+DEFAULT_MEMBERS_PAGE = 100
+
+
+def parse_members_query(params: Mapping[str, str], default_limit: int = DEFAULT_MEMBERS_PAGE) -> MembersQuery:
+    return MembersQuery(_int_param(params, "limit", default_limit, 1, MAX_MEMBERS_PAGE), params.get("cursor"))
 
 
 def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.errors import ChatError, InternalError
-from chalicelib.model import ConversationRow, MemberConversation, ReadReceipt, StoredMessage
+from chalicelib.model import ConversationRow, Member, MemberConversation, ReadReceipt, StoredMessage
 
 JSONObject = dict[str, Any]
 # The codes an ``error`` frame may carry (CONTRACT.md sections 2 and 5-8).
@@ -108,9 +108,17 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
     }
 
 
-def conversation_body(conversation: MemberConversation, participants: Sequence[str], caller: str) -> JSONObject:
+def conversation_body(
+    conversation: MemberConversation,
+    participants: Sequence[str],
+    caller: str,
+    members: Sequence[Member] = (),
+    members_next_cursor: str | None = None,
+) -> JSONObject:
+    """GET /conversations/{id}; ``members`` and ``reads`` list ``members`` (a first page for a large group,
+    then ``membersNextCursor`` says where GET /conversations/{id}/members goes on)."""
     others = [user for user in participants if user != caller]
-    return {
+    body: JSONObject = {
         "conversationId": conversation.conversation_id,
         "title": conversation.title,
         "isGroup": conversation.is_group,
@@ -118,7 +126,32 @@ def conversation_body(conversation: MemberConversation, participants: Sequence[s
         "createdBy": conversation.created_by,
         "createdAt": iso(conversation.created_at),
         "participants": list(participants),
+        "members": [member_body(member) for member in members],
+        "reads": [read_body(member) for member in members],
     }
+    if members_next_cursor is not None:
+        body["membersNextCursor"] = members_next_cursor
+    return body
+
+
+def member_body(member: Member) -> JSONObject:
+    return {"userId": member.user_id, "role": member.role, "joinedAt": iso(member.joined_at)}
+
+
+def read_body(member: Member) -> JSONObject:
+    """Where a member's read watermark stands; ``null``s while they have read nothing."""
+    has_read = member.last_read_message_id is not None
+    return {
+        "userId": member.user_id,
+        "lastReadMessageId": member.last_read_message_id,
+        "lastReadPosition": member.last_read_position if has_read else None,
+        "readAt": iso(member.read_at) if member.read_at is not None else None,
+    }
+
+
+def member_page_body(member: Member) -> JSONObject:
+    """One item of GET /conversations/{id}/members: the member and their read state together."""
+    return {**member_body(member), **read_body(member)}
 
 
 # --- WebSocket frames ------------------------------------------------------------------
@@ -146,6 +179,51 @@ def read_messages_frame(conversation_id: str, reader: str, receipt: ReadReceipt 
         frame["lastReadMessageId"] = receipt.last_read_message_id
         frame["readAt"] = iso(receipt.read_at)
     return frame
+
+
+def conversation_created_frame(
+    conversation_id: str,
+    title: str,
+    is_group: bool,
+    created_by: str,
+    created_at: datetime,
+    participants: Sequence[str] | None,
+) -> JSONObject:
+    """CONTRACT section 5; ``participants`` is null for a group too large to list in a frame."""
+    return {
+        "type": "conversation-created",
+        "conversationId": conversation_id,
+        "title": title,
+        "isGroup": is_group,
+        "createdBy": created_by,
+        "createdAt": iso(created_at),
+        "participants": list(participants) if participants is not None else None,
+    }
+
+
+def participants_updated_frame(
+    conversation_id: str,
+    by: str,
+    *,
+    added: Sequence[str] = (),
+    removed: Sequence[str] = (),
+    roles: Mapping[str, str] | None = None,
+    participants: Sequence[str] | None,
+) -> JSONObject:
+    """CONTRACT section 6: who joined, who left, whose role changed, and who is in it now."""
+    return {
+        "type": "participants-updated",
+        "conversationId": conversation_id,
+        "added": list(added),
+        "removed": list(removed),
+        "roles": dict(roles or {}),
+        "by": by,
+        "participants": list(participants) if participants is not None else None,
+    }
+
+
+def conversation_updated_frame(conversation_id: str, title: str, by: str) -> JSONObject:
+    return {"type": "conversation-updated", "conversationId": conversation_id, "title": title, "by": by}
 
 
 def error_frame(error: ChatError, action: str | None, temp_message_id: str | None = None) -> JSONObject:

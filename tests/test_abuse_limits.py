@@ -39,10 +39,12 @@ def test_twenty_connections_of_one_user_share_one_send_bucket(
     alice = new_user("alice")
     conversation_id = rest.direct(alice, new_user())
     tabs = [sockets.connect(alice) for _ in range(20)]
-    threads = [
-        threading.Thread(target=lambda tab=tab: [sockets.send(tab, send(conversation_id, "x")) for _ in range(5)])
-        for tab in tabs
-    ]
+
+    def burst(tab: str) -> None:
+        for _ in range(5):
+            sockets.send(tab, send(conversation_id, "x"))
+
+    threads = [threading.Thread(target=burst, args=(tab,)) for tab in tabs]
     for thread in threads:
         thread.start()
     for thread in threads:

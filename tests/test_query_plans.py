@@ -48,6 +48,20 @@ EXPECTED: dict[str, set[str]] = {
     "connection_user": {"connection_table_pkey"},
     "delete_connection": {"connection_table_pkey"},
     "current_members": {"participant_table_pkey|participant_role_idx"},
+    # Groups (sql/0007, queries/members.sql)
+    "lock_conversation": {
+        "conversation_table_pkey",
+        "participant_table_pkey|participant_user_idx|participant_role_idx",
+    },
+    "member_roles": {"participant_table_pkey|participant_user_idx|participant_role_idx"},
+    "insert_members": {"participant_table_pkey"},
+    "delete_member": {"participant_table_pkey|participant_user_idx"},
+    "owner_successor": {"participant_role_idx"},
+    "set_member_role": {"participant_table_pkey|participant_user_idx"},
+    "recount_members": {"conversation_table_pkey", "participant_table_pkey|participant_role_idx"},
+    "rename_conversation": {"conversation_table_pkey"},
+    "set_muted": {"participant_table_pkey|participant_user_idx"},
+    "members_page": {"participant_table_pkey|participant_role_idx", "message_conversation_seq_key"},
 }
 
 SEED = f"""
@@ -112,6 +126,12 @@ def parameters(sql: str, database: Database) -> dict[str, Any]:
         "request_id": "r-1",
         "inline_members": 100,
         "receipts_max_members": 100,
+        "caller": user,
+        "last_seq": MESSAGES_EACH,
+        "role": "admin",
+        "delta": 0,
+        "muted": True,
+        "after_user": "",
     }
     names = set(re.findall(r"(?<![:\w]):([a-z_][a-z0-9_]*)", sql))
     unknown = names - values.keys()

@@ -69,6 +69,9 @@ def test_two_user_walkthrough_works_as_written(server: LocalServer, tmp_path: Pa
     assert result.returncode == 0, result.stderr + output
 
     bob, alice = pushes((tmp_path / "bob.out").read_text()), pushes((tmp_path / "alice.out").read_text())
+    # Bob was connected when alice created the conversation: he heard of it first, as the README says.
+    assert bob[0]["type"] == "conversation-created" and bob[0]["participants"] == ["alice", "bob"]
+    bob = bob[1:]
     for received in (bob, alice):
         (message,) = [frame for frame in received if frame["type"] == "new-message"]
         assert message["content"] == "hi bob" and message["senderId"] == "alice" and message["tempMessageId"] == "t1"
