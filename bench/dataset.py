@@ -9,12 +9,12 @@ heavy-tailed law (many quiet conversations, a few busy ones, some empty); one he
 Every row satisfies the schema's invariants (see ``sql/0001_initial.sql``): positions are dense ``1..last_seq``,
 ``sent_at`` grows with ``seq``, ``conversation.last_activity_at`` is the latest message's ``sent_at`` (or the
 creation time), a participant's watermark is never below their own latest message nor above ``last_seq``,
-direct pairs are ordered and unique, each participant row names the member shown as ``participantId`` (a
-direct pair's other member, a group's first other member by id), and each conversation row carries its latest
-message's id, sender and content (up to 400 characters, else NULL) and its number of members
-(``sql/0005_constant_cost_send.sql``).
+direct pairs are ordered and unique, and each conversation row carries its latest message's id, sender and
+content (up to 400 characters, else NULL) and its number of members (``sql/0005_constant_cost_send.sql``) and
+its two lowest member ids, from which the list shows ``participantId`` (a direct pair's other member, a group's
+first other member by id; ``sql/0007_groups.sql``, where a group's creator is its owner).
 
-Version 5 draws the very same random sequence as version 4 and only lays the rows out as 0005 does, so a v4
+Version 5 draws the very same random sequence as version 4 and only lays the rows out as 0005 and 0007 do, so a v4
 dataset that migration 0005 upgraded is the v5 dataset (``bench.seed.MIGRATED``).
 """
 
@@ -204,22 +204,22 @@ def generate(params: Params, now: datetime | None = None) -> Dataset:
         data.message_chunks.append("".join(lines))
         data.message_count += n
         direct_low, direct_high = (r"\N", r"\N") if conv.is_group else (conv.members[0], conv.members[1])
+        ordered = sorted(conv.members)
         latest_content = latest[2] if len(latest[2]) <= 400 else r"\N"  # longer: the list reads message_table
         data.conversation_rows.append(
             f"{conv.conversation_id}\t{conv.title}\t{'t' if conv.is_group else 'f'}\t{conv.members[0]}\t"
             f"{_ts(conv.created_at)}\t{_ts(last_at)}\t{n}\t{direct_low}\t{direct_high}\t"
-            f"{latest[0]}\t{latest[1]}\t{latest_content}\t{len(conv.members)}\n"
+            f"{latest[0]}\t{latest[1]}\t{latest_content}\t{len(conv.members)}\t{ordered[0]}\t{ordered[1]}\n"
         )
-        ordered = sorted(conv.members)
         for member in conv.members:
             memberships[member] += 1
             # Most readers are caught up; the rest are a few (sometimes many) messages behind.
             behind = 0 if rng.random() < 0.7 else min(n, int(rng.paretovariate(0.8)))
             read_seq = max(n - behind, own_last.get(member, 0))
             read_at = _ts(sent_times[read_seq - 1]) if read_seq > 0 else r"\N"
-            peer = ordered[1] if ordered[0] == member else ordered[0]
+            role = "owner" if conv.is_group and member == conv.members[0] else "member"
             data.participant_rows.append(
-                f"{conv.conversation_id}\t{member}\t{_ts(conv.created_at)}\t{read_seq}\t{read_at}\t{peer}\n"
+                f"{conv.conversation_id}\t{member}\t{_ts(conv.created_at)}\t{read_seq}\t{read_at}\t{role}\n"
             )
     counts = sorted(count for user, count in memberships.items() if user != HEAVY_USER)
     median = counts[len(counts) // 2]

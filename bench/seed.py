@@ -199,18 +199,19 @@ def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = pr
     log(f"seeding: generated in {time.perf_counter() - started:.1f}s; loading with COPY ...")
     conn.run("DROP SCHEMA IF EXISTS baseline CASCADE")
     conn.run("DELETE FROM bench_dataset")
-    conn.run("TRUNCATE message_table, participant_table, conversation_table")
+    # CASCADE: tables that reference these (reactions, ...) hold nothing the dataset keeps.
+    conn.run("TRUNCATE message_table, participant_table, conversation_table CASCADE")
     conn.run("SET synchronous_commit = off")
     conn.run("SET maintenance_work_mem = '512MB'")
     conn.run("BEGIN")
     conn.run(
         "COPY conversation_table (conversation_id, title, is_group, created_by, created_at, last_activity_at,"
         " last_seq, direct_user_low, direct_user_high, latest_message_id, latest_sender_id, latest_content,"
-        " member_count) FROM STDIN",
+        " member_count, first_member_id, second_member_id) FROM STDIN",
         stream=_chunks(data.conversation_rows),
     )
     conn.run(
-        "COPY participant_table (conversation_id, user_id, joined_at, last_read_seq, last_read_at, peer_id) FROM STDIN",
+        "COPY participant_table (conversation_id, user_id, joined_at, last_read_seq, last_read_at, role) FROM STDIN",
         stream=_chunks(data.participant_rows),
     )
     conn.run(
