@@ -563,3 +563,291 @@ def test_layout_fits_a_laptop_and_a_phone(
     if os.environ.get("UPDATE_SCREENSHOTS"):
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(tmp_path / screenshot, ROOT / "docs" / screenshot)
+
+
+# -- groups: members, roles, titles, leaving, and what survives a reload ---------------------------------------
+
+
+def group_as(server: LocalServer, owner: str, title: str, *others: str) -> str:
+    """A group created over REST by ``owner``, with ``others`` in it."""
+    status, body = server.call(
+        "POST", "/conversation", server.token(owner), {"recipientIdArr": list(others), "isGroup": True, "title": title}
+    )
+    assert status == 200, body
+    return str(body["conversationId"])
+
+
+def record_frames(context: BrowserContext) -> list[dict[str, Any]]:
+    """Every frame the server sends to the context's pages, as JSON (filled in as they arrive)."""
+    frames: list[dict[str, Any]] = []
+
+    def on_socket(socket: sync_api.WebSocket) -> None:
+        socket.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+
+    context.on("page", lambda page: page.on("websocket", on_socket))
+    return frames
+
+
+def members_panel(page: Page) -> Locator:
+    """The open conversation's members panel, opened if it is closed."""
+    panel = page.get_by_test_id("members-panel")
+    button = page.get_by_test_id("members-button")
+    expect(button).to_be_visible()
+    if button.get_attribute("aria-expanded") != "true":
+        button.click()
+    expect(panel).to_be_visible()
+    return panel
+
+
+def member_row(page: Page, user: str) -> Locator:
+    return page.locator(f'[data-testid="member"][data-user-id="{user}"]')
+
+
+def management_controls(panel: Locator) -> dict[str, int]:
+    """How many of each management control the panel shows (visible ones only)."""
+    names = [
+        "rename-input",
+        "add-members-input",
+        "make-admin-button",
+        "make-member-button",
+        "remove-member-button",
+        "mute-toggle",
+        "leave-button",
+    ]
+    return {name: panel.get_by_test_id(name).filter(visible=True).count() for name in names}
+
+
+def test_a_new_group_is_listed_at_once_and_offers_each_member_what_their_role_allows(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user, carol_user = new_user("alice"), new_user("bob"), new_user("carol")
+    alice = sign_in(server, new_context(), alice_user)
+    bob = sign_in(server, new_context(), bob_user)
+    carol = sign_in(server, new_context(), carol_user)
+    for page in (bob, carol):
+        expect(page.get_by_text("No conversations yet.")).to_be_visible()
+
+    # Alice creates the group in the form; it opens for her with its title in the header.
+    alice.get_by_test_id("new-conversation-recipients").fill(f"{bob_user}, {carol_user}")
+    alice.get_by_test_id("new-conversation-group").check()
+    alice.get_by_test_id("new-conversation-title").fill("Book club")
+    alice.get_by_test_id("new-conversation-create").click()
+    expect(alice.get_by_test_id("conversation-title")).to_have_text("Book club")
+    group = open_conversation_id(alice)
+    expect(alice).to_have_url(re.compile(f"#/c/{group}$"))
+
+    # Bob and Carol see it in their lists at once: no reload, no message yet.
+    for page in (bob, carol):
+        item = conversation_item(page, group)
+        expect(item.get_by_test_id("conversation-name")).to_have_text("Book club")
+        expect(item.get_by_test_id("conversation-preview")).to_have_text("No messages yet")
+        expect(item.get_by_test_id("unread-badge")).to_have_count(0)
+    assert messages(bob).count() == 0 and stored_contents(server, alice_user, group) == []
+
+    # The owner is offered everything: rename, add, make admin and remove for each of the others, mute, leave.
+    panel = members_panel(alice)
+    expect(panel.get_by_test_id("member")).to_have_count(3)
+    expect(member_row(alice, alice_user).get_by_test_id("member-role")).to_have_text("Owner")
+    expect(member_row(alice, bob_user).get_by_test_id("member-role")).to_have_text("Member")
+    assert management_controls(panel) == {
+        "rename-input": 1,
+        "add-members-input": 1,
+        "make-admin-button": 2,
+        "make-member-button": 0,
+        "remove-member-button": 2,
+        "mute-toggle": 1,
+        "leave-button": 1,
+    }
+    expect(member_row(alice, alice_user).get_by_role("button")).to_have_count(0)  # nothing to do to oneself
+
+    # A member is offered only mute and leave.
+    conversation_item(bob, group).click()
+    bob_panel = members_panel(bob)
+    expect(bob_panel.get_by_test_id("member")).to_have_count(3)
+    assert management_controls(bob_panel) == {
+        "rename-input": 0,
+        "add-members-input": 0,
+        "make-admin-button": 0,
+        "make-member-button": 0,
+        "remove-member-button": 0,
+        "mute-toggle": 1,
+        "leave-button": 1,
+    }
+
+    # Made admin, Bob is offered (live) rename, add, and remove for Carol but not for the owner; no roles.
+    member_row(alice, bob_user).get_by_test_id("make-admin-button").click()
+    expect(member_row(alice, bob_user).get_by_test_id("member-role")).to_have_text("Admin")
+    expect(member_row(bob, bob_user).get_by_test_id("member-role")).to_have_text("Admin")
+    expect(bob_panel.get_by_test_id("rename-input")).to_be_visible()
+    assert management_controls(bob_panel) == {
+        "rename-input": 1,
+        "add-members-input": 1,
+        "make-admin-button": 0,
+        "make-member-button": 0,
+        "remove-member-button": 1,
+        "mute-toggle": 1,
+        "leave-button": 1,
+    }
+    expect(member_row(bob, carol_user).get_by_test_id("remove-member-button")).to_be_visible()
+    expect(member_row(bob, alice_user).get_by_role("button")).to_have_count(0)
+
+    # The admin renames it: everyone's list and open header follow live.
+    bob_panel.get_by_test_id("rename-input").fill("Book club (May)")
+    bob_panel.get_by_test_id("rename-button").click()
+    for page in (alice, bob, carol):
+        expect(conversation_item(page, group).get_by_test_id("conversation-name")).to_have_text("Book club (May)")
+    for page in (alice, bob):
+        expect(page.get_by_test_id("conversation-title")).to_have_text("Book club (May)")
+
+    # Back to member: the admin controls go away live.
+    member_row(alice, bob_user).get_by_test_id("make-member-button").click()
+    expect(member_row(bob, bob_user).get_by_test_id("member-role")).to_have_text("Member")
+    expect(bob_panel.get_by_test_id("rename-input")).to_be_hidden()
+    expect(bob_panel.get_by_test_id("remove-member-button")).to_have_count(0)
+
+    # Mute is the member's own setting: it shows in their list, and only theirs, and survives a reload.
+    bob_panel.get_by_test_id("mute-toggle").check()
+    expect(conversation_item(bob, group).get_by_test_id("muted-icon")).to_be_visible()
+    bob.reload()
+    expect(conversation_item(bob, group).get_by_test_id("muted-icon")).to_be_visible()
+    expect(members_panel(bob).get_by_test_id("mute-toggle")).to_be_checked()
+    expect(conversation_item(alice, group).get_by_test_id("muted-icon")).to_have_count(0)
+
+
+def test_an_added_member_sees_the_history_and_one_who_leaves_stops_receiving(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user, carol_user, dave_user = (new_user(name) for name in ("alice", "bob", "carol", "dave"))
+    group = group_as(server, alice_user, "Trip planning", bob_user, carol_user)
+    direct = server.direct(server.token(alice_user), bob_user)
+    alice = sign_in(server, new_context(), alice_user)
+    bob_context = new_context()
+    bob_frames = record_frames(bob_context)
+    bob = sign_in(server, bob_context, bob_user)
+    carol = sign_in(server, new_context(), carol_user)
+    dave = sign_in(server, new_context(), dave_user)
+    conversation_item(alice, group).click()
+    send(alice, "Flights are booked")
+    expect(message(alice, "Flights are booked")).to_have_attribute("data-state", "sent")
+    expect(dave.get_by_text("No conversations yet.")).to_be_visible()
+
+    # Alice adds Dave from the members panel: it appears in Dave's list live, with the history before he joined.
+    panel = members_panel(alice)
+    panel.get_by_test_id("add-members-input").fill(dave_user)
+    panel.get_by_test_id("add-members-button").click()
+    expect(member_row(alice, dave_user)).to_be_visible()
+    expect(panel.get_by_test_id("member")).to_have_count(4)
+    dave_item = conversation_item(dave, group)
+    expect(dave_item.get_by_test_id("conversation-name")).to_have_text("Trip planning")
+    expect(dave_item.get_by_test_id("conversation-preview")).to_have_text(f"{alice_user}: Flights are booked")
+    dave_item.click()
+    expect(message(dave, "Flights are booked")).to_have_attribute("data-sender", alice_user)
+    send(alice, "Welcome, Dave")
+    expect(message(dave, "Welcome, Dave")).to_be_visible()
+
+    # Bob, with the group open, leaves it: it closes and leaves his list; the others see him gone.
+    conversation_item(bob, group).click()
+    expect(message(bob, "Welcome, Dave")).to_be_visible()
+    members_panel(bob).get_by_test_id("leave-button").click()
+    expect(conversation_item(bob, group)).to_have_count(0)
+    expect(bob.get_by_test_id("message-list")).to_be_hidden()
+    expect(bob).not_to_have_url(re.compile("#/c/"))
+    expect(member_row(alice, bob_user)).to_have_count(0)
+    expect(panel.get_by_test_id("member")).to_have_count(3)
+
+    # Alice's next message reaches Carol and Dave, never Bob: by the time a later direct message to Bob has
+    # reached his page, nothing of the group's has (not in his list, not in any frame his sockets got).
+    send(alice, "Bob has left us")
+    for page in (carol, dave):
+        expect(conversation_item(page, group).get_by_test_id("conversation-preview")).to_have_text(
+            f"{alice_user}: Bob has left us"
+        )
+    send_as(server, alice_user, direct, "Are you still coming?")
+    expect(conversation_item(bob, direct).get_by_test_id("conversation-preview")).to_have_text("Are you still coming?")
+    assert [frame for frame in bob_frames if frame.get("content") == "Bob has left us"] == []
+    assert any(frame.get("content") == "Are you still coming?" for frame in bob_frames)
+    expect(conversation_item(bob, group)).to_have_count(0)
+    bob.reload()
+    expect(conversation_item(bob, direct)).to_be_visible()
+    expect(conversation_item(bob, group)).to_have_count(0)
+    status, _ = server.call("GET", f"/conversations/{group}/messages", server.token(bob_user))
+    assert status == 404
+
+
+def test_a_member_removed_while_looking_at_the_group_is_taken_out_of_it(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user, carol_user = new_user("alice"), new_user("bob"), new_user("carol")
+    group = group_as(server, alice_user, "Choir", bob_user, carol_user)
+    alice = sign_in(server, new_context(), alice_user)
+    carol = sign_in(server, new_context(), carol_user)
+    conversation_item(carol, group).click()
+    expect(carol.get_by_test_id("conversation-title")).to_have_text("Choir")
+    conversation_item(alice, group).click()
+
+    members_panel(alice)
+    member_row(alice, carol_user).get_by_test_id("remove-member-button").click()
+    expect(member_row(alice, carol_user)).to_have_count(0)
+    expect(conversation_item(carol, group)).to_have_count(0)
+    expect(carol.get_by_test_id("composer-input")).to_be_hidden()
+    expect(carol.get_by_test_id("error-toast")).to_have_text(f"{alice_user} removed you from “Choir”.")
+    expect(carol).not_to_have_url(re.compile("#/c/"))
+
+    # Her old link no longer opens it.
+    carol.goto(f"{server.rest_url}/#/c/{group}")
+    expect(carol.get_by_test_id("connection-status")).to_have_attribute("data-state", "online")
+    expect(carol.get_by_test_id("error-toast")).to_have_text("That conversation is not available.")
+    expect(carol.get_by_test_id("composer-input")).to_be_hidden()
+    expect(conversation_item(carol, group)).to_have_count(0)
+
+
+def test_a_reload_keeps_the_open_conversation_and_its_read_receipts(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user, carol_user = new_user("alice"), new_user("bob"), new_user("carol")
+    group = group_as(server, alice_user, "Flat share", bob_user, carol_user)
+    send_as(server, carol_user, group, "Who buys milk?")
+    alice = sign_in(server, new_context(), alice_user)
+    bob = sign_in(server, new_context(), bob_user)
+    conversation_item(alice, group).click()
+    send(alice, "I will")
+    expect(message(alice, "I will")).to_have_attribute("data-state", "sent")
+
+    # Bob reads it (opening the group); Carol has not read Alice's message yet.
+    conversation_item(bob, group).click()
+    receipt = message(alice, "I will").get_by_test_id("read-receipt")
+    expect(receipt).to_have_text(f"Read by {bob_user}")
+
+    # A reload keeps the conversation open (its URL) and the receipts (from the conversation's `reads`).
+    expect(alice).to_have_url(re.compile(f"#/c/{group}$"))
+    alice.reload()
+    expect(alice.get_by_test_id("conversation-title")).to_have_text("Flat share")
+    expect(conversation_item(alice, group)).to_have_attribute("aria-current", "true")
+    assert contents(alice) == ["Who buys milk?", "I will"]
+    expect(receipt).to_have_text(f"Read by {bob_user}")
+    expect(message(alice, "Who buys milk?").get_by_test_id("read-receipt")).to_have_count(0)  # not her message
+
+    # Carol reads it later: live as before, and again after the next reload.
+    carol = sign_in(server, new_context(), carol_user)
+    conversation_item(carol, group).click()
+    both = re.compile(f"^Read by ({bob_user}, {carol_user}|{carol_user}, {bob_user})$")
+    expect(receipt).to_have_text(both)
+    alice.reload()
+    expect(alice.get_by_test_id("conversation-title")).to_have_text("Flat share")
+    expect(receipt).to_have_text(both)
+    expect(messages(alice).get_by_test_id("read-receipt")).to_have_count(1)
+
+    # Back and forward move between the list and the conversation.
+    alice.go_back()
+    expect(alice.get_by_test_id("composer-input")).to_be_hidden()
+    alice.go_forward()
+    expect(receipt).to_have_text(both)
+
+    # A direct conversation's receipt ("Read") survives a reload too.
+    direct = server.direct(server.token(bob_user), alice_user)
+    conversation_item(alice, direct).click()
+    send(alice, "Rent is due")
+    conversation_item(bob, direct).click()
+    expect(message(alice, "Rent is due").get_by_test_id("read-receipt")).to_have_text("Read")
+    alice.reload()
+    expect(message(alice, "Rent is due").get_by_test_id("read-receipt")).to_have_text("Read")

@@ -62,6 +62,8 @@ export async function websocketUrl() {
  * Authenticated calls. `session` supplies the token and can re-mint it:
  * a 401 is retried once with a fresh token (local tokens expire).
  */
+const conversationPath = (conversationId) => `/conversations/${encodeURIComponent(conversationId)}`;
+
 export function createApi(session) {
   async function call(method, path, body) {
     try {
@@ -91,5 +93,17 @@ export function createApi(session) {
       call("GET", `/conversations/${encodeURIComponent(conversationId)}/messages${query(params)}`),
     listParticipants: (conversationId) =>
       call("GET", `/conversations/${encodeURIComponent(conversationId)}/participants`),
+    /** The conversation object with `members` [{userId, role, joinedAt}] and `reads` (read positions). */
+    getConversation: (conversationId) => call("GET", conversationPath(conversationId)),
+    // Groups (owner/admin rules are the server's; a refusal comes back as ApiError 403 Forbidden).
+    addParticipants: (conversationId, userIds) =>
+      call("POST", `${conversationPath(conversationId)}/participants`, { userIds }),
+    /** Leave (userId = yourself) or remove someone else. */
+    removeParticipant: (conversationId, userId) =>
+      call("DELETE", `${conversationPath(conversationId)}/participants/${encodeURIComponent(userId)}`),
+    setRole: (conversationId, userId, role) =>
+      call("PATCH", `${conversationPath(conversationId)}/participants/${encodeURIComponent(userId)}`, { role }),
+    rename: (conversationId, title) => call("PATCH", conversationPath(conversationId), { title }),
+    setMuted: (conversationId, muted) => call("PUT", `${conversationPath(conversationId)}/settings`, { muted }),
   };
 }

@@ -2,7 +2,10 @@
  * chat-api web client (local development). Plain ES modules, no build step:
  *   api.js     REST calls (same origin), token minting, WebSocket URL discovery
  *   socket.js  self-reconnecting WebSocket with heartbeat
- *   app.js     state and rendering (this file)
+ *   dom.js     element builder, time formatting
+ *   message-view.js   one message on screen (renderMessage) and where read receipts go
+ *   members-panel.js  the open conversation's members and the changes the viewer's role allows
+ *   app.js     state, server frames, routing (#/c/<conversationId>) and the rest of the rendering (this file)
  *
  * Stable data-testid hooks for browser tests:
  *   username-input, sign-in-button, sign-in-error   sign-in form
@@ -14,7 +17,14 @@
  *   conversation-item        one per conversation: data-conversation-id, data-unread (count or "" ),
  *                            aria-current="true" when open; inside: conversation-name,
  *                            conversation-preview, conversation-time, unread-badge (only when unread)
- *   conversation-title, back-button (narrow screens), history-status, message-scroller
+ *                            muted-icon (only when muted)
+ *   conversation-title, conversation-subtitle, back-button (narrow screens), history-status, message-scroller
+ *   members-button           opens/closes members-panel (aria-expanded); inside the panel:
+ *                            member-count, member-list, member (data-user-id, data-role; inside: member-name,
+ *                            member-role, make-admin-button / make-member-button, remove-member-button),
+ *                            rename-form (rename-input, rename-button), add-members-form (add-members-input,
+ *                            add-members-button), mute-toggle (checkbox), leave-button, members-error.
+ *                            Only the controls the viewer's role allows exist or are visible.
  *   message-list             the <ol>, oldest message at the top
  *   message                  data-message-id (once confirmed), data-temp-id (own messages sent here),
  *                            data-state = sending | sent | failed, data-sender; inside:
@@ -25,12 +35,16 @@
  *   error-toast              transient notices (WebSocket error frames, failed requests)
  */
 import { createApi, mintToken, websocketUrl } from "./api.js";
+import { formatTime, h, initials, splitNames } from "./dom.js";
+import { createMembersPanel } from "./members-panel.js";
+import { receiptPlaces, renderMessage } from "./message-view.js";
 import { ChatSocket } from "./socket.js";
 
 const PAGE_SIZE = 30; // history page when opening / scrolling up
 const CATCH_UP_PAGE = 100; // page size when catching up after a reconnect
 const SEND_TIMEOUT_MS = 15_000; // no echo by then: mark the message failed (retry is safe)
 const USER_KEY = "chat.username"; // sessionStorage: one user per tab
+const ROUTE = /^#\/c\/([^/?#]+)$/; // #/c/<conversationId>: the open conversation survives a reload
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -54,6 +68,8 @@ const ui = {
   back: $("back"),
   title: $("conversation-title"),
   subtitle: $("conversation-subtitle"),
+  membersButton: $("members-button"),
+  membersPanel: $("members-panel"),
   scroller: $("messages"),
   historyStatus: $("history-status"),
   messageList: $("message-list"),
@@ -74,15 +90,20 @@ let wsBase = null;
 
 let state = freshState();
 const messageNodes = new Map(); // render key -> <li>, for the open conversation
+const membersPanel = createMembersPanel(ui.membersPanel, { onAction: runMemberAction });
+let membersPanelOpen = false; // stays as the person left it when they switch conversations
 
 function freshState() {
   return {
     conversations: new Map(), // conversationId -> row from GET /conversations
     seen: new Set(), // messageIds already counted in the list (echoes of retries repeat them)
-    receipts: new Map(), // conversationId -> Map(userId -> {lastReadMessageId, readAt})
+    receipts: new Map(), // conversationId -> Map(userId -> {lastReadMessageId, position, readAt}), others only
+    gone: new Set(), // conversations we were removed from (or left): a list response on its way must not revive them
     pending: new Map(), // tempMessageId -> own message not yet confirmed
     openId: null,
     openGeneration: 0, // bumps on every open/close; late responses for another view are dropped
+    details: null, // GET /conversations/{openId}: title, members (roles), reads
+    detailsRequests: 0, // bumps per details request; only the latest one's answer is used
     listChanges: 0, // bumps when a push or a local action changes the list (see refreshConversations)
     messages: [], // confirmed messages of the open conversation, oldest first
     known: new Set(), // their messageIds
@@ -105,6 +126,7 @@ const socket = new ChatSocket({
     resendInFlight();
     refreshConversations();
     catchUp();
+    if (state.openId) loadDetails(state.openId); // members, titles and receipts that changed meanwhile
   },
   onClose: failSendingMessages,
 });
@@ -129,6 +151,7 @@ async function signIn(rawName) {
   ui.app.hidden = false;
   socket.start();
   refreshConversations();
+  route();
 }
 
 function signOut() {
@@ -139,7 +162,7 @@ function signOut() {
   session.token = null;
   for (const p of state.pending.values()) clearTimeout(p.timer);
   state = freshState();
-  closeConversation();
+  closeConversation({ replace: true }); // the next user of this tab does not land in our conversation
   renderConversationList();
   showSignIn(previous ?? "", "");
 }
@@ -171,7 +194,7 @@ async function refreshConversations() {
     // predate it and would put an older latest message back. Keep the live rows, take only conversations we
     // did not know (so a busy stream of pushes cannot keep a new one out), and ask again.
     for (const row of rows) {
-      if (state.conversations.has(row.conversationId)) continue;
+      if (state.conversations.has(row.conversationId) || state.gone.has(row.conversationId)) continue;
       state.conversations.set(row.conversationId, row);
       if (row.latestMessageId) state.seen.add(row.latestMessageId);
     }
@@ -180,10 +203,14 @@ async function refreshConversations() {
     return;
   }
   state.conversations = new Map(rows.map((row) => [row.conversationId, row]));
-  for (const row of rows) if (row.latestMessageId) state.seen.add(row.latestMessageId);
+  for (const row of rows) {
+    if (row.latestMessageId) state.seen.add(row.latestMessageId);
+    state.gone.delete(row.conversationId); // nothing changed since we asked: this list is the truth
+  }
   const open = state.conversations.get(state.openId);
   if (open && isUnread(open)) markRead(state.openId);
   renderConversationList();
+  if (state.openId && !open) loadDetails(state.openId); // not in our list: still ours? (404 closes it)
   if (state.openId) renderConversationHeader();
 }
 
@@ -251,6 +278,7 @@ function conversationItem(row) {
         "span",
         { class: "item-bottom" },
         h("span", { class: "item-preview", "data-testid": "conversation-preview" }, preview),
+        row.muted ? h("span", { class: "muted-icon", "data-testid": "muted-icon", title: "Muted" }, "🔕") : null,
         badge ? h("span", { class: "badge", "data-testid": "unread-badge" }, badge) : null,
       ),
     ),
@@ -262,10 +290,7 @@ function conversationItem(row) {
 async function createConversation(event) {
   event.preventDefault();
   ui.newError.textContent = "";
-  const recipients = ui.recipients.value
-    .split(",")
-    .map((name) => name.trim())
-    .filter(Boolean);
+  const recipients = splitNames(ui.recipients.value);
   const isGroup = ui.isGroup.checked;
   const title = isGroup ? ui.groupTitle.value.trim() : "";
   if (recipients.length === 0) {
@@ -290,6 +315,7 @@ async function createConversation(event) {
 
 async function openConversation(conversationId) {
   document.body.classList.add("show-conversation");
+  setRoute(conversationId);
   if (state.openId === conversationId) return;
   state.openId = conversationId;
   const generation = ++state.openGeneration;
@@ -297,6 +323,7 @@ async function openConversation(conversationId) {
   state.known = new Set();
   state.hasOlder = false;
   state.loadingOlder = false;
+  state.details = null;
   messageNodes.clear();
   ui.messageList.replaceChildren();
   ui.noConversation.hidden = true;
@@ -307,12 +334,15 @@ async function openConversation(conversationId) {
   renderConversationList();
   ui.historyStatus.textContent = "Loading…";
   if (!matchMedia("(max-width: 480px)").matches) ui.composerInput.focus();
+  loadDetails(conversationId);
 
   let page;
   try {
     page = await api.listMessages(conversationId, { limit: PAGE_SIZE });
   } catch (error) {
-    if (generation === state.openGeneration) ui.historyStatus.textContent = `Could not load messages: ${error.message}`;
+    if (generation !== state.openGeneration) return;
+    if (isNotOurs(error)) forgetConversation(conversationId, "That conversation is not available.");
+    else ui.historyStatus.textContent = `Could not load messages: ${error.message}`;
     return;
   }
   if (generation !== state.openGeneration) return;
@@ -324,34 +354,215 @@ async function openConversation(conversationId) {
   fillViewport();
 }
 
-function closeConversation() {
+/** `replace`: the URL forgets the conversation without a history entry (signed out, removed from it). */
+function closeConversation({ replace = false } = {}) {
   state.openId = null;
   state.openGeneration += 1;
   state.messages = [];
   state.known = new Set();
+  state.details = null;
   messageNodes.clear();
   ui.messageList.replaceChildren();
   ui.view.hidden = true;
   ui.noConversation.hidden = false;
   document.body.classList.remove("show-conversation");
+  setRoute(null, { replace });
   renderConversationList();
 }
 
-async function renderConversationHeader() {
+/** A 404 (not a member, or no such conversation) or a 400 (not even an id): it is not ours to show. */
+function isNotOurs(error) {
+  return error.status === 404 || error.status === 400;
+}
+
+/**
+ * We are no longer in this conversation (we left, were removed, or it never was ours): it leaves the list,
+ * closes if open, and its unsent messages go with it.
+ */
+function forgetConversation(conversationId, notice) {
+  state.listChanges += 1;
+  state.gone.add(conversationId);
+  state.conversations.delete(conversationId);
+  state.receipts.delete(conversationId);
+  for (const [tempId, message] of state.pending) {
+    if (message.conversationId !== conversationId) continue;
+    clearTimeout(message.timer);
+    state.pending.delete(tempId);
+  }
+  if (state.openId === conversationId) closeConversation({ replace: true });
+  renderConversationList();
+  if (notice) notify(notice);
+}
+
+/** GET /conversations/{id}: the title, members with roles, and where everyone has read up to. */
+async function loadDetails(conversationId) {
+  const request = ++state.detailsRequests;
+  let details;
+  try {
+    details = await api.getConversation(conversationId);
+  } catch (error) {
+    if (request !== state.detailsRequests || state.openId !== conversationId) return;
+    if (isNotOurs(error)) forgetConversation(conversationId, "That conversation is not available.");
+    return; // otherwise the header keeps what the list row says
+  }
+  if (request !== state.detailsRequests || state.openId !== conversationId || !details) return;
+  state.details = details;
+  const row = state.conversations.get(conversationId);
+  const me = (details.members ?? []).find((member) => member.userId === session.username);
+  if (row) {
+    row.title = details.title;
+    if (me) row.role = me.role;
+  }
+  takeReads(conversationId, details.reads ?? [], details.membersNextCursor ? null : details.members ?? []);
+  renderConversationHeader();
+  renderConversationList();
+  renderMessages();
+}
+
+/**
+ * Read positions from REST (`reads`) merged with the live receipts: for each reader the later one wins, so
+ * an answer that left the server before a live receipt does not move that receipt back. `members`, when it
+ * is the whole group, also drops the receipts of people no longer in it.
+ */
+function takeReads(conversationId, reads, members) {
+  if (!state.receipts.has(conversationId)) state.receipts.set(conversationId, new Map());
+  const receipts = state.receipts.get(conversationId);
+  if (members) {
+    const present = new Set(members.map((member) => member.userId));
+    for (const userId of receipts.keys()) if (!present.has(userId)) receipts.delete(userId);
+  }
+  for (const read of reads) {
+    if (!read || read.userId === session.username || !read.lastReadMessageId) continue;
+    recordReceipt(conversationId, read.userId, {
+      lastReadMessageId: read.lastReadMessageId,
+      position: typeof read.lastReadPosition === "number" ? read.lastReadPosition : undefined,
+      readAt: read.readAt ?? "",
+    });
+  }
+}
+
+function recordReceipt(conversationId, userId, receipt) {
+  if (!state.receipts.has(conversationId)) state.receipts.set(conversationId, new Map());
+  const receipts = state.receipts.get(conversationId);
+  const known = receipts.get(userId);
+  if (known && String(known.readAt) > String(receipt.readAt)) return; // an older position
+  receipts.set(userId, receipt);
+}
+
+function renderConversationHeader() {
   const row = state.conversations.get(state.openId);
-  ui.title.textContent = displayName(row);
-  if (!row || !row.isGroup) {
-    ui.subtitle.textContent = row ? "Direct conversation" : "";
+  const details = state.details;
+  const isGroup = Boolean(details ? details.isGroup : row?.isGroup);
+  ui.title.textContent = details ? displayName({ ...row, ...details }) : displayName(row);
+  const muted = row?.muted ? " · Muted" : "";
+  if (!row && !details) {
+    ui.subtitle.textContent = "";
+  } else if (!isGroup) {
+    ui.subtitle.textContent = `Direct conversation${muted}`;
+  } else {
+    const names = details ? (details.members ?? []).map((member) => member.userId) : [];
+    const shown = names.length > 8 ? `${names.slice(0, 8).join(", ")} +${names.length - 8}` : names.join(", ");
+    ui.subtitle.textContent = `Group${shown ? ` · ${shown}` : ""}${muted}`;
+  }
+  renderMembersPanel();
+}
+
+function renderMembersPanel() {
+  const details = state.details;
+  ui.membersButton.hidden = !details;
+  if (!details) {
+    ui.membersPanel.hidden = true;
     return;
   }
-  ui.subtitle.textContent = "Group";
-  const id = state.openId;
-  try {
-    const members = await api.listParticipants(id);
-    if (state.openId === id && Array.isArray(members)) ui.subtitle.textContent = `Group · ${members.join(", ")}`;
-  } catch {
-    // the subtitle is decoration; the title is already right
+  ui.membersPanel.hidden = !membersPanelOpen;
+  ui.membersButton.setAttribute("aria-expanded", String(membersPanelOpen));
+  if (!membersPanelOpen) return;
+  const row = state.conversations.get(details.conversationId);
+  const mine = (details.members ?? []).find((member) => member.userId === session.username);
+  membersPanel.render({
+    conversationId: details.conversationId,
+    isGroup: details.isGroup,
+    title: details.title,
+    me: session.username,
+    myRole: mine?.role ?? row?.role ?? null,
+    muted: Boolean(row?.muted),
+    members: details.members ?? [],
+    more: Boolean(details.membersNextCursor),
+  });
+}
+
+/** A change asked for in the members panel; throws (the panel shows it) when the server refuses. */
+async function runMemberAction(action) {
+  const conversationId = state.openId;
+  const row = state.conversations.get(conversationId);
+  const name = displayName(state.details ?? row);
+  if (!conversationId) return;
+  if (action.type === "add") {
+    const reply = await api.addParticipants(conversationId, action.userIds);
+    if (reply && Array.isArray(reply.added) && reply.added.length === 0) notify("Everyone named is already in the group.");
+  } else if (action.type === "remove") {
+    await api.removeParticipant(conversationId, action.userId);
+  } else if (action.type === "leave") {
+    await api.removeParticipant(conversationId, session.username);
+    forgetConversation(conversationId, `You left “${name}”.`);
+    return;
+  } else if (action.type === "role") {
+    await api.setRole(conversationId, action.userId, action.role);
+  } else if (action.type === "rename") {
+    const conversation = await api.rename(conversationId, action.title);
+    if (conversation) applyTitle(conversationId, conversation.title);
+  } else if (action.type === "mute") {
+    const reply = await api.setMuted(conversationId, action.muted);
+    if (row && reply) row.muted = Boolean(reply.muted);
+    renderConversationList();
+    renderConversationHeader();
   }
+  if (state.openId === conversationId) loadDetails(conversationId); // the pushes say so too; this is the truth
+}
+
+function applyTitle(conversationId, title) {
+  if (typeof title !== "string") return;
+  state.listChanges += 1;
+  const row = state.conversations.get(conversationId);
+  if (row) row.title = title;
+  if (state.details && state.details.conversationId === conversationId) state.details.title = title;
+  renderConversationList();
+  if (state.openId === conversationId) renderConversationHeader();
+}
+
+function toggleMembersPanel() {
+  membersPanelOpen = !membersPanelOpen;
+  renderMembersPanel();
+}
+
+// ----------------------------------------------------------------- routing
+
+function routedConversation() {
+  const match = ROUTE.exec(location.hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
+}
+
+/** The URL names the open conversation (`#/c/<id>`), or none. */
+function setRoute(conversationId, { replace = false } = {}) {
+  if (routedConversation() === conversationId) return;
+  const url = conversationId
+    ? `${location.pathname}${location.search}#/c/${encodeURIComponent(conversationId)}`
+    : `${location.pathname}${location.search}`;
+  if (replace) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
+}
+
+/** Opens what the URL names (a reload, back/forward, a pasted link). */
+function route() {
+  if (!session.username) return;
+  const conversationId = routedConversation();
+  if (conversationId) openConversation(conversationId);
+  else if (state.openId) closeConversation();
 }
 
 /**
@@ -557,10 +768,18 @@ function newTempId() {
 
 // --------------------------------------------------------- server frames
 
+const frameHandlers = {
+  "new-message": onNewMessage,
+  "read-messages": onReadMessages,
+  "conversation-created": onConversationCreated,
+  "participants-updated": onParticipantsUpdated,
+  "conversation-updated": onConversationUpdated,
+  error: onErrorFrame,
+};
+
 function handleFrame(frame) {
-  if (frame.type === "new-message") onNewMessage(frame);
-  else if (frame.type === "read-messages") onReadMessages(frame);
-  else if (frame.type === "error") onErrorFrame(frame);
+  const handler = Object.hasOwn(frameHandlers, frame.type) ? frameHandlers[frame.type] : undefined;
+  if (handler) handler(frame); // frames this client does not know are ignored, as the contract asks
 }
 
 function onNewMessage(frame) {
@@ -606,9 +825,88 @@ function onReadMessages(frame) {
     return;
   }
   if (!userId || !lastReadMessageId) return;
-  if (!state.receipts.has(conversationId)) state.receipts.set(conversationId, new Map());
-  state.receipts.get(conversationId).set(userId, { lastReadMessageId, readAt });
+  recordReceipt(conversationId, userId, { lastReadMessageId, position: undefined, readAt: readAt ?? "" });
   if (conversationId === state.openId) renderMessages();
+}
+
+/** A new conversation we are in (ours or someone else's): listed at once, before any message. */
+function onConversationCreated(frame) {
+  const { conversationId, title, isGroup, createdBy, createdAt, participants } = frame;
+  if (!conversationId) return;
+  state.gone.delete(conversationId);
+  if (state.conversations.has(conversationId)) return;
+  state.listChanges += 1;
+  const me = session.username;
+  state.conversations.set(conversationId, {
+    conversationId,
+    title: title ?? "",
+    isGroup: Boolean(isGroup),
+    sentAt: createdAt,
+    latestContent: "",
+    senderId: "",
+    isRead: true,
+    participantId: (participants ?? []).find((user) => user !== me) ?? "",
+    unreadCount: 0,
+    latestMessageId: null,
+    muted: false,
+    role: isGroup ? (createdBy === me ? "owner" : "member") : null,
+  });
+  renderConversationList();
+}
+
+/** Someone joined, left, was removed or changed role. If it was us who went, the conversation goes too. */
+function onParticipantsUpdated(frame) {
+  const { conversationId, by } = frame;
+  const added = Array.isArray(frame.added) ? frame.added : [];
+  const removed = Array.isArray(frame.removed) ? frame.removed : [];
+  const roles = frame.roles && typeof frame.roles === "object" ? frame.roles : {};
+  if (!conversationId) return;
+  const me = session.username;
+  const row = state.conversations.get(conversationId);
+  if (removed.includes(me)) {
+    if (!row && state.openId !== conversationId) {
+      state.gone.add(conversationId); // already forgotten (we left from this tab)
+      return;
+    }
+    const name = displayName(row);
+    forgetConversation(conversationId, by === me ? `You left “${name}”.` : `${by || "Someone"} removed you from “${name}”.`);
+    return;
+  }
+  state.listChanges += 1;
+  if (added.includes(me) || !row) {
+    state.gone.delete(conversationId);
+    refreshConversationsSoon(); // we were added: the list row (with its latest message) comes from the server
+  }
+  const receipts = state.receipts.get(conversationId);
+  for (const userId of removed) receipts?.delete(userId);
+  if (row) {
+    if (roles[me]) row.role = roles[me];
+    if (removed.includes(row.participantId) && Array.isArray(frame.participants)) {
+      row.participantId = frame.participants.find((user) => user !== me) ?? "";
+    }
+  }
+  const details = state.details;
+  if (details && details.conversationId === conversationId) {
+    // Shown at once; the details reloaded below confirm it (joinedAt, reads of the newcomers).
+    const members = (details.members ?? []).filter((member) => !removed.includes(member.userId));
+    for (const userId of added) {
+      if (!members.some((member) => member.userId === userId)) members.push({ userId, role: "member", joinedAt: null });
+    }
+    details.members = members.map((member) => (roles[member.userId] ? { ...member, role: roles[member.userId] } : member));
+    renderConversationHeader();
+  }
+  if (conversationId === state.openId) {
+    loadDetails(conversationId);
+    renderMessages();
+  }
+  renderConversationList();
+}
+
+function onConversationUpdated(frame) {
+  const { conversationId, title } = frame;
+  if (!conversationId || !state.conversations.has(conversationId)) return;
+  applyTitle(conversationId, title);
+  if (conversationId === state.openId) loadDetails(conversationId); // an answer already on its way may predate it
 }
 
 function onErrorFrame(frame) {
@@ -632,9 +930,9 @@ function renderMessages({ toBottom = false } = {}) {
   const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
   const pending = [...state.pending.values()].filter((m) => m.conversationId === state.openId);
   const items = [...state.messages, ...pending];
-  const receipts = receiptPlaces(items, readPositions());
+  const receipts = receiptPlaces(items, readers(), session.username);
   const row = state.conversations.get(state.openId);
-  const isGroup = Boolean(row && row.isGroup);
+  const isGroup = Boolean(state.details ? state.details.isGroup : row?.isGroup);
 
   const wanted = new Set();
   let cursor = ui.messageList.firstChild;
@@ -646,8 +944,7 @@ function renderMessages({ toBottom = false } = {}) {
       node = document.createElement("li");
       messageNodes.set(key, node);
     }
-    const readBy = receipts.get(index) ?? [];
-    fillMessage(node, message, readBy, isGroup);
+    renderMessage(node, message, { me: session.username, isGroup, readBy: receipts.get(index) ?? [] });
     if (node === cursor) cursor = cursor.nextSibling;
     else ui.messageList.insertBefore(node, cursor);
   });
@@ -668,70 +965,11 @@ function renderMessages({ toBottom = false } = {}) {
   if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
 }
 
-/** Other participants' read positions in the open conversation (known from live receipts). */
-function readPositions() {
+/** Other members' read positions in the open conversation (from `reads` and live receipts). */
+function readers() {
   const receipts = state.receipts.get(state.openId);
   if (!receipts) return [];
-  return [...receipts].map(([userId, { lastReadMessageId, readAt }]) => ({
-    userId,
-    index: state.messages.findIndex((m) => m.messageId === lastReadMessageId),
-    readAt: readAt ?? "",
-  }));
-}
-
-/** Each reader's receipt goes on the newest own message they have read: index -> [userId]. */
-function receiptPlaces(items, readers) {
-  const places = new Map();
-  for (const reader of readers) {
-    let place = -1;
-    items.forEach((message, index) => {
-      if (message.state || message.senderId !== session.username) return; // pending, or not mine
-      const read = reader.index >= 0 ? index <= reader.index : String(message.sentAt) <= String(reader.readAt);
-      if (read) place = index;
-    });
-    if (place >= 0) places.set(place, [...(places.get(place) ?? []), reader.userId]);
-  }
-  return places;
-}
-
-function fillMessage(node, message, readBy, isGroup) {
-  const mine = message.senderId === session.username;
-  const status = message.state || "sent";
-  // Rebuild only when something visible changed.
-  const signature = JSON.stringify([message.messageId, status, message.error, readBy, message.content, message.sentAt]);
-  if (node.dataset.signature === signature) return;
-  node.dataset.signature = signature;
-
-  node.className = `message ${mine ? "mine" : "theirs"} ${status}`;
-  node.dataset.testid = "message";
-  node.dataset.state = status;
-  node.dataset.sender = message.senderId ?? "";
-  if (message.messageId) node.dataset.messageId = message.messageId;
-  else delete node.dataset.messageId;
-  if (message.tempMessageId) node.dataset.tempId = message.tempMessageId;
-  else delete node.dataset.tempId;
-
-  const meta = h(
-    "div",
-    { class: "meta" },
-    h("time", { "data-testid": "message-time", datetime: message.sentAt, title: fullTime(message.sentAt) }, formatTime(message.sentAt, true)),
-  );
-  if (status === "sending") meta.append(h("span", { class: "status" }, "Sending…"));
-  if (status === "failed") {
-    meta.append(
-      h("span", { class: "status failed-text", title: message.error }, `Not sent${message.error ? ` (${message.error})` : ""}`),
-      h("button", { type: "button", class: "retry", "data-testid": "retry-button" }, "Retry"),
-    );
-  }
-  if (readBy.length) {
-    meta.append(h("span", { class: "receipt", "data-testid": "read-receipt" }, isGroup ? `Read by ${readBy.join(", ")}` : "Read"));
-  }
-  const bubble = h("div", { class: "bubble", "data-testid": "message-content" }, message.content);
-  if (isGroup && !mine) {
-    node.replaceChildren(h("div", { class: "sender", "data-testid": "message-sender" }, message.senderId), bubble, meta);
-  } else {
-    node.replaceChildren(bubble, meta);
-  }
+  return [...receipts].map(([userId, receipt]) => ({ userId, ...receipt }));
 }
 
 // ---------------------------------------------------------------- chrome
@@ -766,49 +1004,6 @@ function autosize() {
   input.style.overflowY = input.scrollHeight > 160 ? "auto" : "hidden";
 }
 
-/** Creates an element; attributes via setAttribute, children as nodes or text (never parsed as HTML). */
-function h(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === null || value === undefined) continue;
-    if (name === "class") node.className = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children.filter((child) => child !== null && child !== undefined));
-  return node;
-}
-
-function initials(name) {
-  return (
-    String(name)
-      .split(/\s+/)
-      .filter(Boolean)
-      .slice(0, 2)
-      .map((word) => [...word][0].toUpperCase())
-      .join("") || "?"
-  );
-}
-
-const pad = (n) => String(n).padStart(2, "0");
-
-/** hh:mm for today; otherwise the date (with the time too when withTime). Local time. */
-function formatTime(iso, withTime) {
-  const date = new Date(iso);
-  if (!iso || Number.isNaN(date.getTime())) return "";
-  const now = new Date();
-  const time = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
-  if (date.toDateString() === now.toDateString()) return time;
-  const options = { day: "numeric", month: "short" };
-  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
-  const day = date.toLocaleDateString(undefined, options);
-  return withTime ? `${day}, ${time}` : day;
-}
-
-function fullTime(iso) {
-  const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
-}
-
 // ---------------------------------------------------------------- wiring
 
 ui.signinForm.addEventListener("submit", (event) => {
@@ -818,7 +1013,10 @@ ui.signinForm.addEventListener("submit", (event) => {
 ui.switchUser.addEventListener("click", signOut);
 ui.connection.addEventListener("click", () => socket.reconnectNow());
 ui.newForm.addEventListener("submit", createConversation);
-ui.back.addEventListener("click", closeConversation);
+ui.back.addEventListener("click", () => closeConversation());
+ui.membersButton.addEventListener("click", toggleMembersPanel);
+window.addEventListener("popstate", route);
+window.addEventListener("hashchange", route);
 ui.composer.addEventListener("submit", sendMessage);
 ui.composerInput.addEventListener("input", autosize);
 ui.composerInput.addEventListener("keydown", (event) => {
