@@ -111,6 +111,12 @@ class Settings:
     rest_write_burst: int = 30
     # Above this many members a read's receipt reaches only the reader's own connections.
     receipts_max_members: int = 100
+    # Live signals (chalicelib/signals.py): no typing fan-out above this many members; the typing
+    # membership cache's backstop TTL (every membership change invalidates it anyway); users the
+    # presence sweep settles per run at most (the rest wait for the next minute).
+    typing_max_members: int = 100
+    typing_members_ttl_s: int = 300
+    presence_sweep_max_users: int = 5000
     # Largest REST body or WebSocket frame the app parses at all.
     max_request_bytes: int = 65536
     # MAC key of list cursors (chalicelib/cursors.py); unset, one is derived from the pool and client ids.
@@ -215,6 +221,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
         cursor_secret=env.get("CURSOR_SECRET", ""),
         receipts_max_members=_int(env, "RECEIPTS_MAX_MEMBERS", 100),
+        typing_max_members=_int(env, "TYPING_MAX_MEMBERS", 100),
+        typing_members_ttl_s=_int(env, "TYPING_MEMBERS_TTL_SECONDS", 300),
+        presence_sweep_max_users=_int(env, "PRESENCE_SWEEP_MAX_USERS", 5000),
     )
 
 

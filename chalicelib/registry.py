@@ -5,6 +5,7 @@ Keys (all under the configured prefix)::
     conn:{connection_id}        -> user id                   (string, expires after the TTL)
     {u:<user_id>}:conns         -> {connection_id: expiry}   (sorted set scored by expiry time)
     {u:<user_id>}:send          -> {tokens, at}              (hash: the user's send-message bucket)
+    {u:<user_id>}:seen          -> epoch second of a minute  (the user's last connect or frame, 30 days)
 
 The braces are Redis Cluster hash tags: every key of one user hashes to the same slot, so one Lua script
 may touch them all. A connection's key has no tag of its own (it lives wherever its id hashes) and is only
@@ -32,6 +33,10 @@ with a score filter, so an expired member is invisible at once and pruned on the
 set's own key expires with its newest member. Removal is by connection id, so a late ``$disconnect`` of an
 old connection never removes a newer one, and a ``GoneException`` from a push removes exactly the
 connection that is gone.
+
+Last activity (presence's ``lastActiveAt``, chalicelib/signals.py): ``register`` and ``touch`` also set
+``:seen`` to the current minute, inside the scripts they run anyway and only when the minute changed, so a
+heartbeat costs no extra round trip and writes nothing new within a minute.
 
 Connection cap: ``register`` refuses (``TooManyRequests``) a new connection of a user who already holds
 ``max_connections_per_user`` live ones; the check and the insert are one script, so two concurrent
@@ -100,9 +105,21 @@ local function take(key, now, cost, rate, burst)
 end
 """
 
-# KEYS: the user's set. ARGV: connection id, now, ttl seconds, cap (0: none).
+# How long a user's last activity is kept after they were last seen.
+SEEN_TTL_S = 30 * 86400
+
+# Record the minute of the user's latest activity (KEYS[n] seen key, ARGV[m] minute), once per minute.
+_SEEN_LUA = f"""
+local function seen(key, minute)
+  if redis.call('GET', key) ~= minute then redis.call('SET', key, minute, 'EX', {SEEN_TTL_S}) end
+end
+"""
+
+# KEYS: the user's set, the user's seen key. ARGV: connection id, now, ttl seconds, cap (0: none), minute.
 # Returns {1, ''} when registered, {0, earliest expiry score} when the user is at the cap.
-_REGISTER = """
+_REGISTER = (
+    _SEEN_LUA
+    + """
 local now, ttl, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
 if cap > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= cap then
@@ -110,18 +127,23 @@ if cap > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD'
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
+seen(KEYS[2], ARGV[5])
 return {1, ''}
 """
+)
 
-# KEYS: the user's set, the user's send bucket. ARGV: connection id, now, ttl seconds, cost, rate, burst.
+# KEYS: the user's set, the user's send bucket, the user's seen key.
+# ARGV: connection id, now, ttl seconds, cost, rate, burst, minute.
 # Returns {0} for a connection not in the set, else {1, allowed, seconds to wait}.
 _TOUCH = (
     BUCKET_LUA
+    + _SEEN_LUA
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0} end
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
+seen(KEYS[3], ARGV[7])
 local cost, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if cost == 0 or rate <= 0 then return {1, 1, '0'} end
 local allowed, wait = take(KEYS[2], now, cost, rate, burst)
@@ -229,7 +251,8 @@ class RedisRegistry:
         """
         now = self._clock()
         registered, earliest = self._register(
-            keys=[self._conns_key(user_id)], args=[connection_id, now, self._ttl, self._max_connections]
+            keys=[self._conns_key(user_id), user_key(self._prefix, user_id, "seen")],
+            args=[connection_id, now, self._ttl, self._max_connections, _minute(now)],
         )
         if not int(registered):
             raise TooManyRequests(
@@ -248,9 +271,10 @@ class RedisRegistry:
         user = _text(self._client.getex(self._conn_key(connection_id), ex=self._ttl))
         if user is None:
             return None
+        now = self._clock()
         result = self._touch(
-            keys=[self._conns_key(user), user_key(self._prefix, user, "send")],
-            args=[connection_id, self._clock(), self._ttl, 1 if send else 0, self._send_rate, self._send_burst],
+            keys=[self._conns_key(user), user_key(self._prefix, user, "send"), user_key(self._prefix, user, "seen")],
+            args=[connection_id, now, self._ttl, 1 if send else 0, self._send_rate, self._send_burst, _minute(now)],
         )
         if not int(result[0]):
             return None
@@ -287,6 +311,11 @@ class RedisRegistry:
             user: [conn for conn in (_text(c) for c in members) if conn]
             for user, members in zip(users, results, strict=True)
         }
+
+
+def _minute(epoch_s: float) -> int:
+    """The start of the minute, in epoch seconds (``:seen``'s value)."""
+    return int(epoch_s // 60) * 60
 
 
 def _text(value: object) -> str | None:

@@ -212,6 +212,17 @@ class ChatRepository:
     def delete_connection(self, connection_id: str) -> None:
         self._db.execute("delete_connection", connection_id=connection_id)
 
+    # --- presence (CONTRACT.md section 8; the state itself is in Redis, chalicelib/signals.py) ---------
+
+    def direct_peers(self, user_id: str) -> list[str]:
+        """The other member of each of the user's direct conversations."""
+        return [row["user_id"] for row in self._db.run("direct_peers", user_id=user_id)]
+
+    def users_sharing_a_conversation(self, caller: str, user_ids: list[str]) -> set[str]:
+        """Those of ``user_ids`` who are in at least one conversation with ``caller``."""
+        rows = self._db.run("users_sharing_a_conversation", caller=caller, user_ids=user_ids)
+        return {row["user_id"] for row in rows}
+
     # --- messages --------------------------------------------------------------------
 
     def send_message(self, sender: str, conversation_id: str, temp_message_id: str, content: str) -> SentMessage:
