@@ -724,6 +724,7 @@ def test_an_added_member_sees_the_history_and_one_who_leaves_stops_receiving(
     bob_context = new_context()
     bob_frames = record_frames(bob_context)
     bob = sign_in(server, bob_context, bob_user)
+    bob_tab2 = sign_in(server, bob_context, bob_user)  # on the list only: it learns of the leave by push
     carol = sign_in(server, new_context(), carol_user)
     dave = sign_in(server, new_context(), dave_user)
     conversation_item(alice, group).click()
@@ -748,8 +749,10 @@ def test_an_added_member_sees_the_history_and_one_who_leaves_stops_receiving(
     # Bob, with the group open, leaves it: it closes and leaves his list; the others see him gone.
     conversation_item(bob, group).click()
     expect(message(bob, "Welcome, Dave")).to_be_visible()
+    expect(conversation_item(bob_tab2, group)).to_be_visible()
     members_panel(bob).get_by_test_id("leave-button").click()
-    expect(conversation_item(bob, group)).to_have_count(0)
+    for page in (bob, bob_tab2):
+        expect(conversation_item(page, group)).to_have_count(0)
     expect(bob.get_by_test_id("message-list")).to_be_hidden()
     expect(bob).not_to_have_url(re.compile("#/c/"))
     expect(member_row(alice, bob_user)).to_have_count(0)
@@ -766,7 +769,8 @@ def test_an_added_member_sees_the_history_and_one_who_leaves_stops_receiving(
     expect(conversation_item(bob, direct).get_by_test_id("conversation-preview")).to_have_text("Are you still coming?")
     assert [frame for frame in bob_frames if frame.get("content") == "Bob has left us"] == []
     assert any(frame.get("content") == "Are you still coming?" for frame in bob_frames)
-    expect(conversation_item(bob, group)).to_have_count(0)
+    for page in (bob, bob_tab2):
+        expect(conversation_item(page, group)).to_have_count(0)
     bob.reload()
     expect(conversation_item(bob, direct)).to_be_visible()
     expect(conversation_item(bob, group)).to_have_count(0)
