@@ -10,7 +10,9 @@ from typing import Any
 
 from chalice.app import (
     Chalice,
+    CloudWatchEvent,
     CognitoUserPoolAuthorizer,
+    Rate,
     Response,
     SQSEvent,
     WebsocketEvent,
@@ -118,6 +120,11 @@ def get_conversation_participants(conversationId: str) -> Any:  # noqa: N803
     return get_service().conversation_participants(caller(), conversationId)
 
 
+@api("/presence", "GET")
+def get_presence() -> Any:
+    return get_service().presence(caller(), query_params(app.current_request))
+
+
 # --- Groups (CONTRACT.md section 6) -------------------------------------------------------
 
 
@@ -164,6 +171,7 @@ for _path in (
     "/conversations/{conversationId}/participants/{userId}",
     "/conversations/{conversationId}/settings",
     "/conversations/{conversationId}/members",
+    "/presence",
 ):
     app.route(_path, methods=["OPTIONS"], name=f"preflight{_path.replace('/', '_')}")(
         lambda **_params: Response(body="", status_code=204)
@@ -177,7 +185,8 @@ for _path in (
 def connect(event: WebsocketEvent) -> Response:
     params = event.to_dict().get("queryStringParameters") or {}
     try:
-        get_service().connect(event.connection_id, params.get("Authorization"))
+        endpoint = connections_endpoint(event.domain_name, event.stage)
+        get_service().connect(event.connection_id, params.get("Authorization"), endpoint)
     except ChatError as error:
         return Response(body={"message": error.message}, status_code=error.status)
     return Response(body="", status_code=200)
@@ -191,7 +200,7 @@ def message(event: WebsocketEvent) -> None:
 
 @app.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> None:
-    get_service().disconnect(event.connection_id)
+    get_service().disconnect(event.connection_id, connections_endpoint(event.domain_name, event.stage))
 
 
 # --- Queued fan-out -----------------------------------------------------------------------
@@ -202,3 +211,13 @@ def disconnect(event: WebsocketEvent) -> None:
 @app.on_sqs_message(queue="chat-api-fanout", batch_size=10, name="fanout_worker", maximum_concurrency=5)
 def fanout_worker(event: SQSEvent) -> dict[str, Any]:
     return get_fanout_worker().handle_event(event.to_dict(), event.context)
+
+
+# --- Presence sweep -----------------------------------------------------------------------
+
+
+# A connection that expires has no $disconnect: this finds users whose last one did and tells their peers
+# (chalicelib/signals.py). Locally, local/server.py runs it on a timer.
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="presence_sweep")
+def presence_sweep(event: CloudWatchEvent) -> dict[str, int]:
+    return {"offline": get_service().sweep_presence()}

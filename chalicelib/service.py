@@ -16,6 +16,7 @@ data), the database row re-registers it: a frame is proof the socket is open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +32,14 @@ from chalicelib.cursors import (
     encode_member_cursor,
 )
 from chalicelib.errors import (
+    CONVERSATION_NOT_FOUND,
     BadRequest,
     ChatError,
     DeliveryDegraded,
     InternalError,
+    NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     TooManyRequests,
     UnknownConnection,
 )
@@ -51,6 +55,7 @@ from chalicelib.validation import (
     Heartbeat,
     ReadMessages,
     SendMessage,
+    Typing,
     frame_context,
     parse_added_members,
     parse_conversation_list_query,
@@ -60,6 +65,7 @@ from chalicelib.validation import (
     parse_members_query,
     parse_message_page_query,
     parse_new_conversation,
+    parse_presence_query,
     parse_role,
     parse_settings_change,
     parse_title_change,
@@ -82,6 +88,9 @@ from chalicelib.wire import (
     plan_echo,
     plan_new_message,
     plan_read,
+    presence_body,
+    presence_frame,
+    typing_frame,
 )
 
 if TYPE_CHECKING:
@@ -89,6 +98,7 @@ if TYPE_CHECKING:
     from chalicelib.auth import TokenVerifier
     from chalicelib.fanout import FanoutDispatcher
     from chalicelib.limits import RateLimiter
+    from chalicelib.signals import LiveSignals
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +129,14 @@ class ChatService:
         verifier: Callable[[], TokenVerifier],
         limiter: Callable[[], RateLimiter] | None = None,
         fanout: FanoutDispatcher | None = None,
+        signals: Callable[[], LiveSignals] | None = None,
+        signal_pusher: Callable[[str], Pusher] | None = None,
     ) -> None:
         """Collaborators that a REST Lambda never uses come as factories, so it never builds them.
 
         ``limiter`` holds the per-user REST buckets; without one REST calls are not rate limited.
+        ``signals`` is typing and presence state (chalicelib/signals.py), pushed through ``signal_pusher``
+        (the budget sheds them first); without it there are no typing or presence pushes.
         """
         self._settings = settings
         self._repo = repository
@@ -131,6 +145,8 @@ class ChatService:
         self._verifier = verifier
         self._limiter = limiter
         self._fanout = fanout  # None: every new message is pushed directly (chalicelib/fanout.py)
+        self._signals = signals
+        self._signal_pusher = signal_pusher or pusher
         self._cursor_key = cursor_key(
             settings.cursor_secret, f"{settings.cognito_user_pool_id}/{settings.cognito_app_client_id}"
         )
@@ -317,6 +333,7 @@ class ChatService:
         also: Sequence[str] = (),
     ) -> None:
         """``participants-updated`` to every member after the change, and to ``also`` (those just removed)."""
+        self._forget_typing_members(conversation_id)  # before any push: removed members stop signalling now
         members = self._repo.participants(conversation_id)
         frame = participants_updated_frame(
             conversation_id, by, added=added, removed=removed, roles=changed_roles, participants=_listable(members)
@@ -354,7 +371,7 @@ class ChatService:
 
     # --- WebSocket -------------------------------------------------------------------
 
-    def connect(self, connection_id: str, token: str | None) -> str:
+    def connect(self, connection_id: str, token: str | None, endpoint: str | None = None) -> str:
         """Record a connection for the token's user; raises ``Unauthorized``.
 
         The database row is written first: with Redis down the connection is still
@@ -371,15 +388,24 @@ class ChatService:
             raise
         except RegistryUnavailable as error:
             log.warning("registry unavailable at $connect (%s); connection kept in the database only", error)
+            return user
+        self._presence_changed(user, online=True, endpoint=endpoint)
         return user
 
-    def disconnect(self, connection_id: str) -> None:
-        """Forget a connection in both places ($disconnect, or a 410 from a push)."""
+    def disconnect(self, connection_id: str, endpoint: str | None = None) -> None:
+        """Forget a connection in both places ($disconnect, or a 410 from a push).
+
+        With ``endpoint`` ($disconnect) a user's last connection going pushes ``presence`` offline at once;
+        without (a 410 met mid-push) the user is left for the next presence sweep to settle.
+        """
+        user = None
         try:
-            self._registry().unregister(connection_id)
+            user = self._registry().unregister(connection_id)
         except RegistryUnavailable as error:  # its registry entries expire on their own
             log.warning("registry unavailable at $disconnect (%s)", error)
         self._repo.delete_connection(connection_id)
+        if user is not None:
+            self._presence_changed(user, online=False, endpoint=endpoint)
 
     def handle_frame(self, connection_id: str, body: str | None, endpoint: str) -> PushReport:
         """Route one client frame; every problem becomes an ``error`` frame to its sender."""
@@ -397,6 +423,8 @@ class ChatService:
                 context = context if context.action else refused_frame_context(body)
             except ChatError as error:
                 bad_frame = error
+            if isinstance(frame, Typing):  # Redis only, never SQL, through the pusher that sheds first
+                return self._signal_pusher(endpoint).push_all(self._typing_pushes(connection_id, frame))
             # Identify first: a frame from an unknown connection is told to reconnect whatever it holds.
             user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage))
             if bad_frame is not None:
@@ -445,6 +473,7 @@ class ChatService:
             sent = self._repo.send_message(user, frame.conversation_id, frame.temp_message_id, frame.content)
             if not sent.is_new:
                 return plan_echo(sent.message, connection_id)
+            self._message_ends_typing(user, frame.conversation_id)
             connections = None if degraded else self._connections_or_none(sent.participants)
             if connections is None:
                 notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
@@ -470,3 +499,148 @@ class ChatService:
         except RegistryUnavailable as error:
             log.warning("registry unavailable for fan-out (%s); only the sender is answered", error)
             return None
+
+    # --- live signals: typing and presence (CONTRACT.md section 8, chalicelib/signals.py) ----------
+
+    def _typing_pushes(self, connection_id: str, frame: Typing) -> list[Push]:
+        """``typing`` to the other members' connections, from Redis alone (no SQL but the cache's first fill).
+
+        A frame from a connection the registry does not know, or while Redis is unreachable, is dropped
+        silently: typing is worth no database lookup, and the connection's next heartbeat or message runs
+        the usual recovery.
+        """
+        if self._signals is None:
+            return []
+        try:
+            user = self._registry().touch(connection_id)
+            if user is None:
+                return []
+            signals = self._signals()
+            conversation_id = frame.conversation_id
+            audience = signals.typing_audience(
+                conversation_id,
+                user,
+                self._settings.typing_max_members,
+                lambda: self._repo.participants(conversation_id),
+            )
+            if audience is None:
+                raise NotFound(CONVERSATION_NOT_FOUND)
+            if audience.others is None:  # over TYPING_MAX_MEMBERS: acknowledged by silence
+                return []
+            if frame.typing:
+                pushed = signals.start_typing(user, conversation_id)
+            else:
+                pushed = signals.stop_typing(user, conversation_id)
+            if not pushed or not audience.others:
+                return []
+            connections = self._registry().connections_for(audience.others)
+        except RegistryUnavailable as error:
+            log.info("typing dropped: registry unavailable (%s)", error)
+            return []
+        from chalicelib.signals import TYPING_EXPIRES_MS
+
+        update = typing_frame(conversation_id, user, frame.typing, TYPING_EXPIRES_MS)
+        return [Push(conn, update) for conn in connections_of(audience.others, connections)]
+
+    def _message_ends_typing(self, user: str, conversation_id: str) -> None:
+        """Receivers stop showing a typer on their message; the server forgets its typing state too."""
+        if self._signals is None:
+            return
+        with contextlib.suppress(RegistryUnavailable):  # the typing keys expire within seconds anyway
+            self._signals().message_sent(user, conversation_id)
+
+    def _forget_typing_members(self, conversation_id: str) -> None:
+        if self._signals is None:
+            return
+        try:
+            self._signals().forget_members(conversation_id)
+        except RegistryUnavailable as error:
+            # The cache's TTL (TYPING_MEMBERS_TTL_SECONDS) ends it; with Redis unreachable nobody types anyway.
+            log.warning("typing membership cache not invalidated (%s)", error)
+
+    def presence(self, caller: str, params: Mapping[str, str]) -> list[JSONObject]:
+        """GET /presence: online and last activity of users who share a conversation with the caller.
+
+        Anyone else reads as never seen (offline, ``lastActiveAt`` null). The caller always sees themself.
+        """
+        users = parse_presence_query(params)
+        visible = self._repo.users_sharing_a_conversation(caller, users) | {caller}
+        if self._signals is None:
+            raise ServiceUnavailable("Presence is not available")
+        try:
+            found = {item.user_id: item for item in self._signals().presence([u for u in users if u in visible])}
+        except RegistryUnavailable as error:
+            log.warning("registry unavailable for presence (%s)", error)
+            raise ServiceUnavailable("Presence is not available right now; try again") from None
+        bodies = []
+        for user in users:  # anyone not shown reads exactly as a user never seen
+            item = found.get(user)
+            online, last_active = (item.online, item.last_active_at) if item else (False, None)
+            bodies.append(presence_body(user, online, last_active))
+        return bodies
+
+    def _presence_changed(self, user: str, *, online: bool, endpoint: str | None) -> None:
+        """After a register or an unregister: push ``presence`` if this was the user's first or last connection."""
+        if self._signals is None:
+            return
+        try:
+            signals = self._signals()
+            if online:
+                changed = signals.came_online(user)
+            elif endpoint is None:
+                signals.check_soon(user)  # a 410 inside a push: no nested pushes here, the sweep decides
+                return
+            else:
+                changed = signals.went_offline(user)
+        except RegistryUnavailable as error:
+            log.warning("presence not tracked (%s)", error)
+            return
+        if changed:
+            self._announce_presence(user, online, endpoint)
+
+    def _announce_presence(self, user: str, online: bool, endpoint: str | None) -> PushReport:
+        """``presence`` to every connection of the user's direct-conversation peers (one indexed query)."""
+        endpoint = endpoint or self._settings.connections_endpoint_url
+        if not endpoint:
+            log.warning("CONNECTIONS_ENDPOINT_URL is not set; presence not pushed")
+            return PushReport()
+        peers = self._repo.direct_peers(user)
+        if not peers or self._signals is None:
+            return PushReport()
+        try:
+            last_active = self._signals().last_active(user)
+            connections = self._registry().connections_for(peers)
+        except RegistryUnavailable as error:
+            log.warning("presence not pushed (%s)", error)
+            return PushReport()
+        update = presence_frame(user, online, last_active)
+        return self._signal_pusher(endpoint).push_all(
+            [Push(conn, update) for conn in connections_of(peers, connections)]
+        )
+
+    def sweep_presence(self) -> int:
+        """The scheduled sweep: users whose last connection expired unannounced go offline; how many did.
+
+        Each due user is one Redis script; each who went offline costs one SQL query (their direct peers).
+        At most PRESENCE_SWEEP_MAX_USERS users per run; the rest stay due for the next one.
+        """
+        if self._signals is None:
+            return 0
+        if not self._settings.connections_endpoint_url:
+            log.warning("CONNECTIONS_ENDPOINT_URL is not set; presence sweep skipped")
+            return 0
+        signals = self._signals()
+        settled = offline = 0
+        try:
+            while settled < self._settings.presence_sweep_max_users:
+                due = signals.due(min(200, self._settings.presence_sweep_max_users - settled))
+                if not due:
+                    break
+                for item in due:
+                    settled += 1
+                    if signals.settle(item):
+                        offline += 1
+                        self._announce_presence(item.user_id, False, None)
+        except RegistryUnavailable as error:
+            log.warning("presence sweep stopped: registry unavailable (%s)", error)
+        return offline

@@ -253,6 +253,20 @@ def parse_members_query(params: Mapping[str, str], default_limit: int = DEFAULT_
     return MembersQuery(_int_param(params, "limit", default_limit, 1, MAX_MEMBERS_PAGE), params.get("cursor"))
 
 
+MAX_PRESENCE_USERS = 100
+
+
+def parse_presence_query(params: Mapping[str, str]) -> list[str]:
+    """GET /presence's ``userIds=a,b,...``: 1 to MAX_PRESENCE_USERS user ids, each once, in the order given."""
+    raw = params.get("userIds", "")
+    users = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not users:
+        raise BadRequest("userIds must list at least one user id")
+    if len(users) > MAX_PRESENCE_USERS:
+        raise BadRequest(f"userIds must list at most {MAX_PRESENCE_USERS} user ids")
+    return [parse_user_id(user, "userIds[]") for user in users]
+
+
 def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:
     offset = _int_param(params, "offset", 0, 0, None)
     limit = _int_param(params, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
@@ -286,8 +300,16 @@ class Heartbeat:
     pass
 
 
-Frame = SendMessage | ReadMessages | Heartbeat
-ACTIONS = ("send-message", "read-messages", "heartbeat")
+@dataclass(frozen=True)
+class Typing:
+    """A live signal (CONTRACT section 8): handled on Redis alone, never stored."""
+
+    conversation_id: str
+    typing: bool
+
+
+Frame = SendMessage | ReadMessages | Heartbeat | Typing
+ACTIONS = ("send-message", "read-messages", "heartbeat", "typing")
 
 
 @dataclass(frozen=True)
@@ -346,6 +368,16 @@ def parse_frame(frame: Mapping[str, Any], settings: Settings) -> Frame:
         if len(content) > settings.max_message_chars:
             raise PayloadTooLarge(f"content must be at most {settings.max_message_chars} characters")
         return SendMessage(_storable(temp, "tempMessageId"), conversation_id, _storable(content, "content"))
+    if action == "typing":
+        return _typing(frame)
     if not isinstance(action, str):
         raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
     raise BadRequest(f"Unknown action; expected one of {', '.join(ACTIONS)}")
+
+
+def _typing(frame: Mapping[str, Any]) -> Typing:
+    conversation_id = parse_uuid(frame.get("conversationId"), "conversationId")
+    typing = frame.get("typing")
+    if not isinstance(typing, bool):
+        raise BadRequest("typing must be true or false")
+    return Typing(conversation_id, typing)

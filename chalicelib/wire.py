@@ -288,3 +288,27 @@ def plan_read(
     others = [user for user in participants if user != reader]
     targets = connections_of([reader, *others], connections_by_user)
     return [Push(conn, frame) for conn in _each_once([*targets, reading_connection])]
+
+
+# --- Live signals (CONTRACT.md section 8) ---------------------------------------------
+
+
+def typing_frame(conversation_id: str, user_id: str, typing: bool, expires_in_ms: int) -> JSONObject:
+    """To the other members: show ``user_id`` typing for ``expiresInMs`` (or until their next message)."""
+    return {
+        "type": "typing",
+        "conversationId": conversation_id,
+        "userId": user_id,
+        "typing": typing,
+        "expiresInMs": expires_in_ms,
+    }
+
+
+def presence_body(user_id: str, online: bool, last_active_at: datetime | None) -> JSONObject:
+    """One item of GET /presence; ``lastActiveAt`` is to the minute, null for a user never seen (or not shown)."""
+    return {"userId": user_id, "online": online, "lastActiveAt": iso(last_active_at) if last_active_at else None}
+
+
+def presence_frame(user_id: str, online: bool, last_active_at: datetime | None) -> JSONObject:
+    """To a user's direct-conversation peers when their first connection opens or their last one ends."""
+    return {"type": "presence", **presence_body(user_id, online, last_active_at)}

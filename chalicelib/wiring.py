@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from chalicelib.push import ConnectionsClient, Pusher
     from chalicelib.queue import FanoutQueue
     from chalicelib.registry import RedisClient, RedisRegistry
+    from chalicelib.signals import LiveSignals
 
 _lock = threading.Lock()
 
@@ -130,6 +131,37 @@ def get_pusher(endpoint_url: str) -> Pusher:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def get_signal_pusher(endpoint_url: str) -> Pusher:
+    """The pusher of typing and presence frames: the same budget, shed first (chalicelib/signals.py)."""
+    from chalicelib.push import shared_executor
+    from chalicelib.signals import SignalPusher
+
+    settings = get_settings()
+    return SignalPusher(
+        get_connections_client(endpoint_url),
+        on_gone=lambda connection_id: get_service().disconnect(connection_id),
+        executor=shared_executor(settings.push_concurrency),
+        deadline_s=settings.push_deadline_s,
+        budget=get_push_budget(),
+        redis=get_redis,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_signals() -> LiveSignals:
+    """Typing and presence state, on the registry's Redis client."""
+    from chalicelib.signals import LiveSignals
+
+    settings = get_settings()
+    return LiveSignals(
+        get_redis(),
+        prefix=settings.redis_key_prefix,
+        connection_ttl_s=settings.connection_ttl_s,
+        members_ttl_s=settings.typing_members_ttl_s,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def get_push_budget() -> PushBudget:
     """The account's push budget; Redis is reached on the first push only (and not at all when it is off)."""
@@ -197,6 +229,8 @@ def get_service() -> ChatService:
         verifier=get_verifier,
         limiter=get_rate_limiter,
         fanout=get_fanout_dispatcher(),
+        signals=get_signals,
+        signal_pusher=get_signal_pusher,
     )
 
 
@@ -221,6 +255,8 @@ def reset() -> None:
             get_verifier,
             get_connections_client,
             get_pusher,
+            get_signal_pusher,
+            get_signals,
             get_push_budget,
             get_fanout_queue,
             get_fanout_dispatcher,

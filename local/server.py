@@ -8,7 +8,8 @@ app's connections closed, the embedded servers stopped. Further signals are igno
 second Ctrl-C cannot leave an embedded PostgreSQL or Redis running.
 
 Environment: ``HTTP_PORT`` (8000), ``WS_PORT`` (8001), 0 for any free port; ``LOCAL_DATA_DIR`` (``.data/dev``);
-``LOCAL_WS_IDLE_TIMEOUT`` (600 s) and ``LOCAL_WS_MAX_DURATION`` (7200 s), API Gateway's limits, shortened in tests.
+``LOCAL_WS_IDLE_TIMEOUT`` (600 s) and ``LOCAL_WS_MAX_DURATION`` (7200 s), API Gateway's limits, shortened in tests;
+``LOCAL_PRESENCE_SWEEP_SECONDS`` (60 s), how often ``app.presence_sweep`` runs (EventBridge's rate in AWS).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from local.connections_api import SigningKey
 from local.identity import LocalIdentityProvider
 from local.queue import LocalQueue, LocalQueueWorker
 from local.rest_gateway import ApiGateway, HttpGateway, LocalRoutes, StaticFiles
+from local.schedule import Timer
 from local.services import EmbeddedServices
 from local.websocket_gateway import Limits, WebSocketGateway, WebSocketHandlers
 
@@ -85,6 +87,7 @@ class Options:
     ws_port: int = 8001
     data_dir: Path = ROOT / ".data" / "dev"
     limits: Limits = field(default_factory=Limits)
+    presence_sweep_s: float = 60.0
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
@@ -119,6 +122,7 @@ def options_from_env(env: Mapping[str, str]) -> Options:
             idle_timeout_s=_seconds(env, "LOCAL_WS_IDLE_TIMEOUT", 600.0),
             max_duration_s=_seconds(env, "LOCAL_WS_MAX_DURATION", 7200.0),
         ),
+        presence_sweep_s=_seconds(env, "LOCAL_PRESENCE_SWEEP_SECONDS", 60.0),
     )
 
 
@@ -313,8 +317,13 @@ async def serve(
     )
     http: HttpGateway | None = None
     fanout = fanout_worker()
+    import app as chat_app
+
+    # Expired connections have no $disconnect: the same scheduled handler as in AWS, on a timer.
+    sweep = Timer("presence_sweep", chat_app.presence_sweep, options.presence_sweep_s)
     try:
         fanout.start()
+        sweep.start()
         await ws_gateway.start(ws_sock)
         http = HttpGateway(
             http_sock,
@@ -334,6 +343,7 @@ async def serve(
             signal.signal(signum, signal.SIG_IGN)
         say(f"{NAME}: stopping")
         await ws_gateway.close()
+        await asyncio.to_thread(sweep.stop)
         await asyncio.to_thread(fanout.stop)  # before HTTP: its pushes go through the local @connections API
         if http is not None:
             await asyncio.to_thread(http.stop)

@@ -284,11 +284,14 @@ class Sockets:
 
         chat_app.disconnect(self.event("$disconnect", connection_id), None)
 
-    def frames(self, connection_id: str) -> list[Any]:
-        return self.sink.json_frames(connection_id)
+    def frames(self, connection_id: str, *, signals: bool = False) -> list[Any]:
+        """The frames pushed to a connection. ``presence`` frames (which arrive whenever a direct peer's first
+        connection opens or last one closes) only with ``signals``, so tests of other areas can count frames."""
+        frames = self.sink.json_frames(connection_id)
+        return frames if signals else [frame for frame in frames if frame.get("type") != "presence"]
 
     def frames_of_type(self, connection_id: str, frame_type: str) -> list[Any]:
-        return [frame for frame in self.frames(connection_id) if frame.get("type") == frame_type]
+        return [frame for frame in self.frames(connection_id, signals=True) if frame.get("type") == frame_type]
 
     def message(
         self, connection_id: str, conversation_id: str, content: str, temp: str | None = None
