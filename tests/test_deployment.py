@@ -74,9 +74,16 @@ def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_every_function_runs_in_the_vpc_below_api_gateways_timeout(template: tuple[Path, dict[str, Any]]) -> None:
     _, sam = template
     lambdas = functions(sam)
-    assert set(lambdas) == {"APIHandler", "WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "FanoutWorker"}
+    assert set(lambdas) == {
+        "APIHandler",
+        "WebsocketConnect",
+        "WebsocketMessage",
+        "WebsocketDisconnect",
+        "FanoutWorker",
+        "PresenceSweep",
+    }
     for name, props in lambdas.items():
-        if name != "FanoutWorker":  # the queue's worker answers no API Gateway request
+        if name not in {"FanoutWorker", "PresenceSweep"}:  # the queue's worker and the schedule answer no request
             assert props["Timeout"] < 29, name
         assert props["VpcConfig"]["SubnetIds"] and props["VpcConfig"]["SecurityGroupIds"], name
         variables = props["Environment"]["Variables"]
@@ -249,3 +256,12 @@ def test_the_package_imports_from_a_read_only_folder_without_compiling(
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_presence_sweep_runs_every_minute_and_knows_where_to_push(template: tuple[Path, dict[str, Any]]) -> None:
+    _, sam = template
+    sweep = functions(sam)["PresenceSweep"]
+    (event,) = sweep["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
+    endpoint = sweep["Environment"]["Variables"]["CONNECTIONS_ENDPOINT_URL"]["Fn::Sub"]
+    assert "${WebsocketAPI}" in endpoint and endpoint.endswith("/${WebsocketAPIStage}")
