@@ -71,7 +71,13 @@ def test_two_user_walkthrough_works_as_written(server: LocalServer, tmp_path: Pa
     bob, alice = pushes((tmp_path / "bob.out").read_text()), pushes((tmp_path / "alice.out").read_text())
     # Bob was connected when alice created the conversation: he heard of it first, as the README says.
     assert bob[0]["type"] == "conversation-created" and bob[0]["participants"] == ["alice", "bob"]
-    bob = bob[1:]
+    # Then alice came online, her first connection opening (a presence push to her direct peers).
+    assert {key: bob[1][key] for key in ("type", "userId", "online")} == {
+        "type": "presence",
+        "userId": "alice",
+        "online": True,
+    }
+    bob = bob[2:]
     for received in (bob, alice):
         (message,) = [frame for frame in received if frame["type"] == "new-message"]
         assert message["content"] == "hi bob" and message["senderId"] == "alice" and message["tempMessageId"] == "t1"
