@@ -189,12 +189,15 @@ async function refreshConversations() {
     return;
   }
   if (session.username !== user || !Array.isArray(rows)) return;
-  if (state.listChanges !== changesAtStart && state.conversations.size > 0) {
+  const stale = state.listChanges !== changesAtStart;
+  // Asked before we left (or were removed from) these: they must not come back.
+  if (stale) rows = rows.filter((row) => !state.gone.has(row.conversationId));
+  if (stale && state.conversations.size > 0) {
     // A push (or our own read) changed the list while this response was on its way, so the response may
     // predate it and would put an older latest message back. Keep the live rows, take only conversations we
     // did not know (so a busy stream of pushes cannot keep a new one out), and ask again.
     for (const row of rows) {
-      if (state.conversations.has(row.conversationId) || state.gone.has(row.conversationId)) continue;
+      if (state.conversations.has(row.conversationId)) continue;
       state.conversations.set(row.conversationId, row);
       if (row.latestMessageId) state.seen.add(row.latestMessageId);
     }
@@ -205,7 +208,7 @@ async function refreshConversations() {
   state.conversations = new Map(rows.map((row) => [row.conversationId, row]));
   for (const row of rows) {
     if (row.latestMessageId) state.seen.add(row.latestMessageId);
-    state.gone.delete(row.conversationId); // nothing changed since we asked: this list is the truth
+    state.gone.delete(row.conversationId); // listed by an answer newer than our leaving: we are back in it
   }
   const open = state.conversations.get(state.openId);
   if (open && isUnread(open)) markRead(state.openId);
