@@ -115,6 +115,11 @@ def get_conversation_messages(conversationId: str) -> Any:  # noqa: N803
     return get_service().conversation_messages(caller(), conversationId, params)
 
 
+@api("/conversations/{conversationId}/changes", "GET")
+def get_conversation_changes(conversationId: str) -> Any:  # noqa: N803
+    return get_service().conversation_changes(caller(), conversationId, query_params(app.current_request))
+
+
 @api("/conversations/{conversationId}/participants", "GET")
 def get_conversation_participants(conversationId: str) -> Any:  # noqa: N803
     return get_service().conversation_participants(caller(), conversationId)
@@ -172,6 +177,7 @@ for _path in (
     "/conversations/{conversationId}/settings",
     "/conversations/{conversationId}/members",
     "/presence",
+    "/conversations/{conversationId}/changes",
 ):
     app.route(_path, methods=["OPTIONS"], name=f"preflight{_path.replace('/', '_')}")(
         lambda **_params: Response(body="", status_code=204)

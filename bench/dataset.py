@@ -15,7 +15,9 @@ its two lowest member ids, from which the list shows ``participantId`` (a direct
 first other member by id; ``sql/0007_groups.sql``, where a group's creator is its owner).
 
 Version 5 draws the very same random sequence as version 4 and only lays the rows out as 0005 and 0007 do, so a v4
-dataset that migration 0005 upgraded is the v5 dataset (``bench.seed.MIGRATED``).
+dataset that migration 0005 upgraded is the v5 dataset (``bench.seed.MIGRATED``). Version 6 adds the change
+numbers of 0008 (each message's change_seq is its seq, each conversation's last_change_seq its last_seq): what
+0008's backfill makes of a v5 dataset.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _WORDS = (  # noqa: SIM905 - a sentence reads better than a list of fifty words
 class Params:
     """What the dataset holds; a change of any field means a re-seed."""
 
-    version: int = 5
+    version: int = 6
     seed: int = 4
     users: int = 10_000
     conversations: int = 50_000
@@ -199,7 +201,7 @@ def generate(params: Params, now: datetime | None = None) -> Dataset:
             sent_times.append(last_at)
             latest = (_uuid(rng), sender, contents[rng.randrange(4096)])
             lines.append(
-                f"{latest[0]}\t{conv.conversation_id}\t{seq}\t{sender}\tseed-{seq}\t{latest[2]}\t{_ts(last_at)}\n"
+                f"{latest[0]}\t{conv.conversation_id}\t{seq}\t{seq}\t{sender}\tseed-{seq}\t{latest[2]}\t{_ts(last_at)}\n"
             )
         data.message_chunks.append("".join(lines))
         data.message_count += n
@@ -209,7 +211,7 @@ def generate(params: Params, now: datetime | None = None) -> Dataset:
         data.conversation_rows.append(
             f"{conv.conversation_id}\t{conv.title}\t{'t' if conv.is_group else 'f'}\t{conv.members[0]}\t"
             f"{_ts(conv.created_at)}\t{_ts(last_at)}\t{n}\t{direct_low}\t{direct_high}\t"
-            f"{latest[0]}\t{latest[1]}\t{latest_content}\t{len(conv.members)}\t{ordered[0]}\t{ordered[1]}\n"
+            f"{latest[0]}\t{latest[1]}\t{latest_content}\t{len(conv.members)}\t{ordered[0]}\t{ordered[1]}\t{n}\n"
         )
         for member in conv.members:
             memberships[member] += 1

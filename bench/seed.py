@@ -62,6 +62,9 @@ INVARIANTS = {
         LEFT JOIN (SELECT conversation_id, count(*) AS n FROM participant_table GROUP BY conversation_id) p
                USING (conversation_id)
         WHERE c.member_count <> coalesce(p.n, 0)""",
+    "each message's one change so far is its send (0008)": """
+        SELECT count(*) FROM message_table m JOIN conversation_table c USING (conversation_id)
+        WHERE m.change_seq <> m.seq OR c.last_change_seq <> c.last_seq""",
     "senders are participants": """
         SELECT count(*) FROM message_table m
         WHERE NOT EXISTS (SELECT 1 FROM participant_table p
@@ -112,7 +115,7 @@ def check(conn: pg8000.native.Connection) -> dict[str, int]:
 
 # Dataset version -> the migration whose backfill turns that version's rows into the next version's, so
 # (with the migrations applied first, as env.ensure_bench_database does) the data only needs re-checking.
-MIGRATED = {3: "0004_inbox", 4: "0005_constant_cost_send"}
+MIGRATED = {3: "0004_inbox", 4: "0005_constant_cost_send", 5: "0008_message_lifecycle"}
 
 
 @dataclass(frozen=True)
@@ -167,10 +170,10 @@ def _migrated(conn: pg8000.native.Connection, recorded: dict[str, Any], params: 
     if not same_otherwise or old_version not in MIGRATED or old_version + 1 != params.version:
         return False
     log(f"seeding: dataset v{old_version} was upgraded by migration {MIGRATED[old_version]}; checking ...")
-    for table in ("conversation_table", "participant_table"):
+    for table in ("conversation_table", "participant_table", "message_table"):
         # The backfill rewrote their rows and dropped columns: compact them as a fresh load would be (0004 to
-        # 0005 left participant_table at 16 times its size, and a third level in conversation_table_pkey),
-        # then set the visibility map that index-only scans rely on.
+        # 0005 left participant_table at 16 times its size, and a third level in conversation_table_pkey; 0008
+        # rewrote every message), then set the visibility map that index-only scans rely on.
         conn.run(f"VACUUM (FULL) {table}")
         conn.run(f"VACUUM (ANALYZE) {table}")
     broken = check(conn)
@@ -207,7 +210,7 @@ def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = pr
     conn.run(
         "COPY conversation_table (conversation_id, title, is_group, created_by, created_at, last_activity_at,"
         " last_seq, direct_user_low, direct_user_high, latest_message_id, latest_sender_id, latest_content,"
-        " member_count, first_member_id, second_member_id) FROM STDIN",
+        " member_count, first_member_id, second_member_id, last_change_seq) FROM STDIN",
         stream=_chunks(data.conversation_rows),
     )
     conn.run(
@@ -215,8 +218,8 @@ def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = pr
         stream=_chunks(data.participant_rows),
     )
     conn.run(
-        "COPY message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content, sent_at)"
-        " FROM STDIN",
+        "COPY message_table (message_id, conversation_id, seq, change_seq, sender_id, temp_message_id, content,"
+        " sent_at) FROM STDIN",
         stream=iter(data.message_chunks),
     )
     conn.run("COMMIT")

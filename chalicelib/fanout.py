@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chalicelib.push import ConnectionsClient, GoneError, Pusher
 from chalicelib.queue import FanoutQueue, QueueUnavailable
 from chalicelib.registry import ConnectionRegistry, LuaScript, unavailable_on_redis_error
-from chalicelib.wire import JSONObject, Push, new_message_frame, plan_new_message
+from chalicelib.wire import JSONObject, Push, connections_of, new_message_frame
 
 if TYPE_CHECKING:
     from chalicelib.budget import PushBudget
@@ -127,7 +127,31 @@ def plan_shards(
 ) -> list[Shard]:
     """Members (with a live connection at send time) grouped so no shard has more than ``shard_size``
     connections or members; a member with more connections than that is a shard of its own."""
-    frame = new_message_frame(message)
+    return plan_frame_shards(
+        new_message_frame(message),
+        message.conversation_id,
+        message.message_id,
+        members,
+        connections_by_user,
+        endpoint=endpoint,
+        shard_size=shard_size,
+        now=now,
+    )
+
+
+def plan_frame_shards(
+    frame: JSONObject,
+    conversation_id: str,
+    delivery_id: str,
+    members: Iterable[str],
+    connections_by_user: Mapping[str, Sequence[str]],
+    *,
+    endpoint: str,
+    shard_size: int,
+    now: float,
+) -> list[Shard]:
+    """``plan_shards`` for any frame; ``delivery_id`` names this delivery for the exactly-once claims (a
+    message's id for a new message, the message id and change number for a change of it)."""
     groups: list[list[str]] = []
     current: list[str] = []
     weight = 0
@@ -143,8 +167,7 @@ def plan_shards(
     if current:
         groups.append(current)
     return [
-        Shard(message.conversation_id, message.message_id, index, endpoint, group, frame, now)
-        for index, group in enumerate(groups)
+        Shard(conversation_id, delivery_id, index, endpoint, group, frame, now) for index, group in enumerate(groups)
     ]
 
 
@@ -175,16 +198,51 @@ class FanoutDispatcher:
         endpoint: str,
     ) -> list[Push]:
         """The pushes to make now, the sending connection's first; the rest of a big fan-out is enqueued."""
-        pushes = plan_new_message(message, participants, connections_by_user)
-        pushes.sort(key=lambda push: push.connection_id != sending_connection)  # stable: the sender's first
+        return self.plan_frame(
+            new_message_frame(message),
+            message.conversation_id,
+            message.message_id,
+            sender,
+            participants,
+            connections_by_user,
+            sending_connection,
+            endpoint,
+        )
+
+    def plan_frame(
+        self,
+        frame: JSONObject,
+        conversation_id: str,
+        delivery_id: str,
+        sender: str,
+        participants: Sequence[str],
+        connections_by_user: Mapping[str, Sequence[str]],
+        sending_connection: str,
+        endpoint: str,
+    ) -> list[Push]:
+        """``plan`` for any frame to every member (a message's edit, deletion or reaction change too)."""
+
+        def to(members: Sequence[str]) -> list[Push]:
+            pushes = [Push(connection_id, frame) for connection_id in connections_of(members, connections_by_user)]
+            pushes.sort(key=lambda push: push.connection_id != sending_connection)  # stable: the sender's first
+            return pushes
+
+        pushes = to(participants)
         if len(pushes) <= self._threshold:
             return pushes
         queue = self._queue()
         if queue is None:
             return pushes
         others = [member for member in participants if member != sender]
-        shards = plan_shards(
-            message, others, connections_by_user, endpoint=endpoint, shard_size=self._shard_size, now=self._clock()
+        shards = plan_frame_shards(
+            frame,
+            conversation_id,
+            delivery_id,
+            others,
+            connections_by_user,
+            endpoint=endpoint,
+            shard_size=self._shard_size,
+            now=self._clock(),
         )
         try:
             queue.send([shard.body() for shard in shards])
@@ -197,13 +255,8 @@ class FanoutDispatcher:
                 len(shards) - len(error.sent),
                 len(shards),
             )
-            direct = [member for member in participants if member not in queued]
-            pushes = plan_new_message(message, direct, connections_by_user)
-            pushes.sort(key=lambda push: push.connection_id != sending_connection)
-            return pushes
-        own = plan_new_message(message, [sender], connections_by_user)
-        own.sort(key=lambda push: push.connection_id != sending_connection)
-        return own or [Push(sending_connection, new_message_frame(message))]
+            return to([member for member in participants if member not in queued])
+        return to([sender]) or [Push(sending_connection, frame)]
 
 
 # KEYS: the shard's set. ARGV: connection id, ttl seconds. Returns 1 when this call claimed it.

@@ -9,7 +9,8 @@ be built and checked without any I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -17,8 +18,19 @@ from typing import Literal, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
+class ReplySnippet:
+    """What a reply shows of the message it answers, as that message stands now."""
+
+    message_id: str
+    sender_id: str
+    # At most 200 characters; "" once the original is deleted.
+    content: str
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as stored, whatever path produced it (new send, idempotent retry, history page)."""
+    """A message as stored, whatever path produced it (new send, idempotent retry, history page, change)."""
 
     message_id: str
     conversation_id: str
@@ -28,6 +40,20 @@ class StoredMessage:
     sent_at: datetime
     # The message's place in its conversation (1, 2, 3, ...): one total order for every reader.
     position: int | None = None
+    # The conversation's change number of this message's latest change (sql/0008); None when unknown.
+    change_seq: int | None = None
+    # 1 when sent, + 1 per edit, deletion or reaction change.
+    version: int = 1
+    edited_at: datetime | None = None
+    # A tombstone: content is "" and reactions are gone.
+    deleted_at: datetime | None = None
+    reply_to: ReplySnippet | None = None
+    mentions: tuple[str, ...] = ()
+    reactions: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +180,9 @@ class ConversationRow(NamedTuple):
     peer_id: str | None
     muted: bool
     role: str
+    unread_mention_count: int
+    latest_deleted: bool
+    last_change_seq: int
 
 
 CONVERSATION_ROW_FIELDS: tuple[str, ...] = ConversationRow._fields

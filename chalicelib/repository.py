@@ -15,6 +15,8 @@ from "someone else did": the former is reported as this request's own outcome.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from chalicelib.model import (
     ReadReceipt,
     ReadResult,
     Removal,
+    ReplySnippet,
     Role,
     SentMessage,
     StoredMessage,
@@ -53,6 +56,10 @@ INLINE_MEMBERS = 100
 
 
 def _message(row: Row) -> StoredMessage:
+    """A message row of the queries that read ``m.*`` with its reply snippet (queries/messages.sql)."""
+    reply = None
+    if row["reply_to"] is not None and row["reply_sender_id"] is not None:
+        reply = ReplySnippet(str(row["reply_to"]), row["reply_sender_id"], row["reply_content"], row["reply_deleted"])
     return StoredMessage(
         str(row["message_id"]),
         str(row["conversation_id"]),
@@ -61,7 +68,20 @@ def _message(row: Row) -> StoredMessage:
         row["content"],
         row["sent_at"],
         int(row["seq"]),
+        change_seq=int(row["change_seq"]),
+        version=int(row["version"]),
+        edited_at=row["edited_at"],
+        deleted_at=row["deleted_at"],
+        reply_to=reply,
+        mentions=tuple(row["mentions"] or ()),
+        reactions=_reactions(row["reactions"]),
     )
+
+
+def _reactions(value: Any) -> dict[str, int]:
+    """The counts column (jsonb arrives as text or already decoded, depending on the path)."""
+    counts = json.loads(value) if isinstance(value, str) else value
+    return {str(emoji): int(count) for emoji, count in (counts or {}).items()}
 
 
 class ChatRepository:
@@ -225,8 +245,22 @@ class ChatRepository:
 
     # --- messages --------------------------------------------------------------------
 
-    def send_message(self, sender: str, conversation_id: str, temp_message_id: str, content: str) -> SentMessage:
-        """Store a message once; a repeated tempMessageId returns the original."""
+    def check_message_refs(self, conversation_id: str, reply_to: str | None, mentions: list[str]) -> tuple[bool, int]:
+        """(whether ``reply_to`` is a message of this conversation, how many of ``mentions`` are members)."""
+        row = self._db.one("check_message_refs", conversation_id=conversation_id, reply_to=reply_to, mentions=mentions)
+        return bool(row["reply_ok"]), int(row["members_mentioned"])
+
+    def send_message(
+        self,
+        sender: str,
+        conversation_id: str,
+        temp_message_id: str,
+        content: str,
+        *,
+        reply_to: str | None = None,
+        mentions: tuple[str, ...] = (),
+    ) -> SentMessage:
+        """Store a message once; a repeated tempMessageId returns the original (in its current state)."""
         message_id = str(uuid.uuid4())
         try:
             row = self._db.optional(
@@ -236,6 +270,8 @@ class ChatRepository:
                 sender_id=sender,
                 temp_message_id=temp_message_id,
                 content=content,
+                reply_to=reply_to,
+                mentions=list(mentions),
                 inline_members=INLINE_MEMBERS,
             )
         except UniqueViolation as error:
@@ -244,8 +280,20 @@ class ChatRepository:
             return self._already_sent(sender, conversation_id, temp_message_id, message_id)
         if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
+        reply = None
+        if reply_to is not None and row["reply_sender_id"] is not None:
+            reply = ReplySnippet(reply_to, row["reply_sender_id"], row["reply_content"], row["reply_deleted"])
         message = StoredMessage(
-            str(row["message_id"]), conversation_id, sender, temp_message_id, content, row["sent_at"], int(row["seq"])
+            str(row["message_id"]),
+            conversation_id,
+            sender,
+            temp_message_id,
+            content,
+            row["sent_at"],
+            int(row["seq"]),
+            change_seq=int(row["change_seq"]),
+            reply_to=reply,
+            mentions=mentions,
         )
         members = row["participant_ids"]
         return SentMessage(message, self.participants(conversation_id) if members is None else list(members), True)
@@ -286,6 +334,19 @@ class ChatRepository:
         """The position of a message inside a given conversation; None if it is not there."""
         row = self._db.optional("message_position", conversation_id=conversation_id, message_id=message_id)
         return int(row["seq"]) if row else None
+
+    def changes_after(self, conversation_id: str, after: int, limit: int) -> list[StoredMessage]:
+        """Messages changed after change number ``after``, each once, oldest change first."""
+        rows = self._db.run("changes_after", conversation_id=conversation_id, after=after, limit=limit)
+        return [_message(row) for row in rows]
+
+    def my_reactions(self, user_id: str, message_ids: list[str]) -> dict[str, list[str]]:
+        """The user's own reactions on these messages, by message id."""
+        mine: dict[str, list[str]] = {}
+        if message_ids:
+            for row in self._db.run("my_reactions", user_id=user_id, message_ids=message_ids):
+                mine.setdefault(str(row["message_id"]), []).append(row["emoji"])
+        return mine
 
     def messages_between(self, conversation_id: str, low: int, high: int) -> list[StoredMessage]:
         """The messages at positions ``(low, high]``, newest first."""
@@ -341,3 +402,45 @@ class ConversationChange:
 
     def rename(self, title: str) -> None:
         self._tx.execute("rename_conversation", conversation_id=self._id, title=title)
+
+    # --- a message's changes (CONTRACT section 7) ---------------------------------------
+
+    def message(self, message_id: str) -> StoredMessage | None:
+        """The message of this conversation as it stands, locked for the change; None if there is none."""
+        row = self._tx.optional("lock_message", conversation_id=self._id, message_id=message_id)
+        return _message(row) if row else None
+
+    def edit(self, message: StoredMessage, content: str) -> StoredMessage:
+        row = self._tx.one("edit_message", conversation_id=self._id, message_id=message.message_id, content=content)
+        return dataclasses.replace(
+            message,
+            content=content,
+            edited_at=row["edited_at"],
+            version=int(row["version"]),
+            change_seq=int(row["change_seq"]),
+        )
+
+    def delete(self, message: StoredMessage) -> StoredMessage:
+        row = self._tx.one("delete_message", conversation_id=self._id, message_id=message.message_id)
+        return dataclasses.replace(
+            message,
+            content="",
+            reactions={},
+            deleted_at=row["deleted_at"],
+            version=int(row["version"]),
+            change_seq=int(row["change_seq"]),
+        )
+
+    def react(self, message: StoredMessage, user_id: str, emoji: str, add: bool) -> StoredMessage | None:
+        """The message after the reaction; None when it changed nothing (a repeated reaction)."""
+        row = self._tx.optional(
+            "react", conversation_id=self._id, message_id=message.message_id, user_id=user_id, emoji=emoji, add=add
+        )
+        if row is None:
+            return None
+        return dataclasses.replace(
+            message,
+            reactions=_reactions(row["reactions"]),
+            version=int(row["version"]),
+            change_seq=int(row["change_seq"]),
+        )

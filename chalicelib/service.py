@@ -44,20 +44,25 @@ from chalicelib.errors import (
     UnknownConnection,
 )
 from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
-from chalicelib.model import ListCursor, MemberConversation
+from chalicelib.model import ListCursor, MemberConversation, StoredMessage
 from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
 from chalicelib.validation import (
     MAX_MEMBERS_PAGE,
+    DeleteMessage,
+    EditMessage,
     Frame,
     FrameContext,
     Heartbeat,
+    MessageChange,
+    React,
     ReadMessages,
     SendMessage,
     Typing,
     frame_context,
     parse_added_members,
+    parse_changes_query,
     parse_conversation_list_query,
     parse_frame,
     parse_frame_object,
@@ -84,12 +89,15 @@ from chalicelib.wire import (
     error_frame,
     member_page_body,
     message_body,
+    message_deleted_frame,
+    message_updated_frame,
     participants_updated_frame,
     plan_echo,
     plan_new_message,
     plan_read,
     presence_body,
     presence_frame,
+    reactions_updated_frame,
     typing_frame,
 )
 
@@ -101,6 +109,9 @@ if TYPE_CHECKING:
     from chalicelib.signals import LiveSignals
 
 log = logging.getLogger(__name__)
+
+# CONTRACT section 7: at most this many distinct emoji on one message.
+MAX_DISTINCT_EMOJI = 20
 
 # A frame lists a conversation's participants only up to this many (about 40 KB of ids, under API
 # Gateway's 128 KB frame limit); above, ``participants`` is null and clients page the members over REST.
@@ -223,7 +234,23 @@ class ChatService:
         messages = self._repo.messages_between(conversation_id, low, high)  # newest first
         if page.oldest_first:
             messages.reverse()
-        return [message_body(message, caller) for message in messages]
+        return self._message_bodies(messages, caller)
+
+    def conversation_changes(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> JSONObject:
+        """Every message changed after ``after`` (new, edited, deleted, reactions), each once, in its current
+        state, oldest change first; ``next`` is the changeSeq to ask after next."""
+        conversation_id = parse_uuid(conversation_id, "conversationId")
+        query = parse_changes_query(params)
+        self._repo.member_conversation(conversation_id, caller)
+        changes = self._repo.changes_after(conversation_id, query.after, query.limit)
+        next_after = changes[-1].change_seq if changes and changes[-1].change_seq is not None else query.after
+        return {"changes": self._message_bodies(changes, caller), "next": next_after}
+
+    def _message_bodies(self, messages: list[StoredMessage], caller: str) -> list[JSONObject]:
+        """Messages as REST shows them, each with the caller's own reactions (one query, only when any has some)."""
+        reacted = [message.message_id for message in messages if message.reactions]
+        mine = self._repo.my_reactions(caller, reacted) if reacted else {}
+        return [message_body(message, caller, mine.get(message.message_id, ())) for message in messages]
 
     def _anchor_position(self, conversation: MemberConversation, message_id: str, field: str) -> int:
         position = self._repo.message_position(conversation.conversation_id, message_id)
@@ -426,7 +453,8 @@ class ChatService:
             if isinstance(frame, Typing):  # Redis only, never SQL, through the pusher that sheds first
                 return self._signal_pusher(endpoint).push_all(self._typing_pushes(connection_id, frame))
             # Identify first: a frame from an unknown connection is told to reconnect whatever it holds.
-            user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage))
+            # Sends and message changes fan out to every member: both spend the sender's send bucket.
+            user, degraded = self._identify(connection_id, send=isinstance(frame, SendMessage | MessageChange))
             if bad_frame is not None:
                 raise bad_frame
             assert frame is not None
@@ -469,8 +497,19 @@ class ChatService:
     ) -> list[Push]:
         if isinstance(frame, Heartbeat):
             return []
+        if isinstance(frame, EditMessage | DeleteMessage | React):
+            return self._change_message(connection_id, user, degraded, frame, context, endpoint)
         if isinstance(frame, SendMessage):
-            sent = self._repo.send_message(user, frame.conversation_id, frame.temp_message_id, frame.content)
+            if frame.reply_to is not None or frame.mentions:
+                self._check_message_refs(user, frame)
+            sent = self._repo.send_message(
+                user,
+                frame.conversation_id,
+                frame.temp_message_id,
+                frame.content,
+                reply_to=frame.reply_to,
+                mentions=frame.mentions,
+            )
             if not sent.is_new:
                 return plan_echo(sent.message, connection_id)
             self._message_ends_typing(user, frame.conversation_id)
@@ -492,6 +531,76 @@ class ChatService:
             own = plan_read(frame.conversation_id, user, [], {}, connection_id, read.receipt)
             return [*own, Push(connection_id, error_frame(DeliveryDegraded(), context.action, context.temp_message_id))]
         return plan_read(frame.conversation_id, user, hearers, connections, connection_id, read.receipt)
+
+    def _check_message_refs(self, user: str, frame: SendMessage) -> None:
+        """A reply names a message of the conversation, mentions name its members; else nothing is stored."""
+        self._repo.member_conversation(frame.conversation_id, user)  # outsiders learn nothing from the refs
+        reply_ok, members_mentioned = self._repo.check_message_refs(
+            frame.conversation_id, frame.reply_to, list(frame.mentions)
+        )
+        if not reply_ok:
+            raise BadRequest("replyTo must name a message of this conversation")
+        if members_mentioned != len(frame.mentions):
+            raise BadRequest("mentions must name members of this conversation")
+
+    def _change_message(
+        self,
+        connection_id: str,
+        user: str,
+        degraded: bool,
+        frame: EditMessage | DeleteMessage | React,
+        context: FrameContext,
+        endpoint: str,
+    ) -> list[Push]:
+        """An edit, deletion or reaction (CONTRACT section 7), under the conversation's lock.
+
+        Each change takes the conversation's next change number and the message's next version, so
+        every connection that applies the highest version shows the same state. A change that
+        changes nothing (the same content, a second deletion, a repeated reaction) is acknowledged to
+        the requesting connection only, with the message's current state.
+        """
+        with self._repo.change_conversation(frame.conversation_id, user) as change:
+            roles.member(change.conversation)
+            message = change.message(frame.message_id)
+            if message is None:
+                raise BadRequest("messageId must name a message of this conversation")
+            changed: StoredMessage | None = None
+            if isinstance(frame, EditMessage):
+                roles.may_edit(change.conversation, user, message.sender_id)
+                if message.deleted:
+                    raise BadRequest("A deleted message cannot be edited")
+                if frame.content != message.content:
+                    changed = change.edit(message, frame.content)
+            elif isinstance(frame, DeleteMessage):
+                roles.may_delete(change.conversation, user, message.sender_id)
+                if not message.deleted:
+                    changed = change.delete(message)
+            else:
+                if message.deleted:
+                    raise BadRequest("A deleted message cannot be reacted to")
+                if frame.add and frame.emoji not in message.reactions and len(message.reactions) >= MAX_DISTINCT_EMOJI:
+                    raise BadRequest(f"A message has at most {MAX_DISTINCT_EMOJI} distinct emoji")
+                changed = change.react(message, user, frame.emoji, frame.add)
+        shown = changed or message
+        if isinstance(frame, EditMessage):
+            update = message_updated_frame(shown)
+        elif isinstance(frame, DeleteMessage):
+            update = message_deleted_frame(shown)
+        else:
+            update = reactions_updated_frame(shown, user, frame.emoji, frame.add)
+        if changed is None:
+            return [Push(connection_id, update)]
+        participants = self._repo.participants(frame.conversation_id)
+        connections = None if degraded else self._connections_or_none(participants)
+        if connections is None:
+            notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
+            return [Push(connection_id, update), Push(connection_id, notice)]
+        delivery = f"{shown.message_id}:{shown.change_seq}"
+        if self._fanout is not None:
+            return self._fanout.plan_frame(
+                update, frame.conversation_id, delivery, user, participants, connections, connection_id, endpoint
+            )
+        return [Push(connection_id, update) for connection_id in connections_of(participants, connections)]
 
     def _connections_or_none(self, users: list[str]) -> dict[str, list[str]] | None:
         try:

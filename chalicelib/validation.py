@@ -283,11 +283,18 @@ def parse_message_page_query(params: Mapping[str, str]) -> MessagePageQuery:
 # --- WebSocket frames ------------------------------------------------------------------
 
 
+MAX_MENTIONS = 50
+MAX_EMOJI_CHARS = 32
+
+
 @dataclass(frozen=True)
 class SendMessage:
     temp_message_id: str
     conversation_id: str
     content: str
+    # Extension (CONTRACT section 7): the message this one answers, and the members it names.
+    reply_to: str | None = None
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,27 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class EditMessage:
+    conversation_id: str
+    message_id: str
+    content: str
+
+
+@dataclass(frozen=True)
+class DeleteMessage:
+    conversation_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class React:
+    conversation_id: str
+    message_id: str
+    emoji: str
+    add: bool
+
+
+@dataclass(frozen=True)
 class Typing:
     """A live signal (CONTRACT section 8): handled on Redis alone, never stored."""
 
@@ -308,8 +336,10 @@ class Typing:
     typing: bool
 
 
-Frame = SendMessage | ReadMessages | Heartbeat | Typing
-ACTIONS = ("send-message", "read-messages", "heartbeat", "typing")
+Frame = SendMessage | ReadMessages | Heartbeat | EditMessage | DeleteMessage | React | Typing
+# Frames that change messages: they are charged to the sender's send bucket and fanned out.
+MessageChange = EditMessage | DeleteMessage | React
+ACTIONS = ("send-message", "read-messages", "heartbeat", "edit-message", "delete-message", "react", "typing")
 
 
 @dataclass(frozen=True)
@@ -353,26 +383,81 @@ def refused_frame_context(body: str | None) -> FrameContext:
 def parse_frame(frame: Mapping[str, Any], settings: Settings) -> Frame:
     """The typed frame; ``BadRequest`` / ``PayloadTooLarge`` naming the field at fault."""
     action = frame.get("action")
-    if action == "heartbeat":
-        return Heartbeat()
-    if action == "read-messages":
-        return ReadMessages(parse_uuid(frame.get("conversationId"), "conversationId"))
-    if action == "send-message":
-        temp = frame.get("tempMessageId")
-        if not isinstance(temp, str) or not temp.strip() or len(temp) > MAX_TEMP_ID_CHARS:
-            raise BadRequest(f"tempMessageId must be a string of 1 to {MAX_TEMP_ID_CHARS} characters")
-        conversation_id = parse_uuid(frame.get("conversationId"), "conversationId")
-        content = frame.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise BadRequest("content must contain at least one non-whitespace character")
-        if len(content) > settings.max_message_chars:
-            raise PayloadTooLarge(f"content must be at most {settings.max_message_chars} characters")
-        return SendMessage(_storable(temp, "tempMessageId"), conversation_id, _storable(content, "content"))
-    if action == "typing":
-        return _typing(frame)
+    parser = _FRAME_PARSERS.get(action) if isinstance(action, str) else None
+    if parser is not None:
+        return parser(frame, settings)
     if not isinstance(action, str):
         raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
     raise BadRequest(f"Unknown action; expected one of {', '.join(ACTIONS)}")
+
+
+def _content(frame: Mapping[str, Any], settings: Settings) -> str:
+    """Message content, as for a send and an edit alike."""
+    content = frame.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise BadRequest("content must contain at least one non-whitespace character")
+    if len(content) > settings.max_message_chars:
+        raise PayloadTooLarge(f"content must be at most {settings.max_message_chars} characters")
+    return _storable(content, "content")
+
+
+def _send(frame: Mapping[str, Any], settings: Settings) -> SendMessage:
+    temp = frame.get("tempMessageId")
+    if not isinstance(temp, str) or not temp.strip() or len(temp) > MAX_TEMP_ID_CHARS:
+        raise BadRequest(f"tempMessageId must be a string of 1 to {MAX_TEMP_ID_CHARS} characters")
+    conversation_id = parse_uuid(frame.get("conversationId"), "conversationId")
+    content = _content(frame, settings)
+    reply_to = frame.get("replyTo")
+    mentions = frame.get("mentions")
+    if mentions is None:
+        mentions = []
+    if not isinstance(mentions, list) or len(mentions) > MAX_MENTIONS:
+        raise BadRequest(f"mentions must be an array of at most {MAX_MENTIONS} user ids")
+    return SendMessage(
+        _storable(temp, "tempMessageId"),
+        conversation_id,
+        content,
+        parse_uuid(reply_to, "replyTo") if reply_to is not None else None,
+        tuple(dict.fromkeys(parse_user_id(user, "mentions[]") for user in mentions)),
+    )
+
+
+def _message_ids(frame: Mapping[str, Any]) -> tuple[str, str]:
+    return parse_uuid(frame.get("conversationId"), "conversationId"), parse_uuid(frame.get("messageId"), "messageId")
+
+
+def _edit(frame: Mapping[str, Any], settings: Settings) -> EditMessage:
+    return EditMessage(*_message_ids(frame), _content(frame, settings))
+
+
+def _delete(frame: Mapping[str, Any], settings: Settings) -> DeleteMessage:
+    return DeleteMessage(*_message_ids(frame))
+
+
+def _react(frame: Mapping[str, Any], settings: Settings) -> React:
+    conversation_id, message_id = _message_ids(frame)
+    emoji = frame.get("emoji")
+    if (
+        not isinstance(emoji, str)
+        or not 0 < len(emoji) <= MAX_EMOJI_CHARS
+        or any(char.isspace() or ord(char) < 32 for char in emoji)
+    ):
+        raise BadRequest(f"emoji must be 1 to {MAX_EMOJI_CHARS} characters without whitespace")
+    add = frame.get("add")
+    if not isinstance(add, bool):
+        raise BadRequest("add must be true or false")
+    return React(conversation_id, message_id, _storable(emoji, "emoji"), add)
+
+
+_FRAME_PARSERS: dict[str, Callable[[Mapping[str, Any], Settings], Frame]] = {
+    "heartbeat": lambda frame, settings: Heartbeat(),
+    "read-messages": lambda frame, settings: ReadMessages(parse_uuid(frame.get("conversationId"), "conversationId")),
+    "send-message": _send,
+    "edit-message": _edit,
+    "delete-message": _delete,
+    "react": _react,
+    "typing": lambda frame, settings: _typing(frame),
+}
 
 
 def _typing(frame: Mapping[str, Any]) -> Typing:
@@ -381,3 +466,24 @@ def _typing(frame: Mapping[str, Any]) -> Typing:
     if not isinstance(typing, bool):
         raise BadRequest("typing must be true or false")
     return Typing(conversation_id, typing)
+
+
+# --- GET /conversations/{id}/changes ------------------------------------------------------
+
+MAX_CHANGES_PAGE = 500
+DEFAULT_CHANGES_PAGE = 100
+
+
+@dataclass(frozen=True)
+class ChangesQuery:
+    after: int
+    limit: int
+
+
+def parse_changes_query(params: Mapping[str, str]) -> ChangesQuery:
+    if "after" not in params:
+        raise BadRequest("after is required: the highest changeSeq the client has seen (0 for everything)")
+    return ChangesQuery(
+        _int_param(params, "after", 0, 0, 2**62),
+        _int_param(params, "limit", DEFAULT_CHANGES_PAGE, 1, MAX_CHANGES_PAGE),
+    )

@@ -50,12 +50,13 @@ class Push:
 # --- REST bodies -----------------------------------------------------------------------
 
 
-def message_body(message: StoredMessage, caller: str) -> JSONObject:
-    """One message of a history page.
+def message_body(message: StoredMessage, caller: str, my_reactions: Sequence[str] = ()) -> JSONObject:
+    """One message of a history page or the change feed, in its current state.
 
     Extension: the caller's own messages carry their ``tempMessageId``, so a client that lost a
     send's echo and reloads history can settle its pending copy by that id instead of showing
-    the stored message beside it. Other people's ids are not shown.
+    the stored message beside it. Other people's ids are not shown. ``myReactions`` are the
+    caller's own reactions on it.
     """
     body: JSONObject = {
         "messageId": message.message_id,
@@ -68,7 +69,34 @@ def message_body(message: StoredMessage, caller: str) -> JSONObject:
         body["position"] = message.position
     if message.sender_id == caller and message.temp_message_id:
         body["tempMessageId"] = message.temp_message_id
+    if message.change_seq is not None:
+        body.update(_lifecycle(message))
+        body["myReactions"] = [] if message.deleted else list(my_reactions)
     return body
+
+
+def _lifecycle(message: StoredMessage) -> JSONObject:
+    """CONTRACT section 7's fields of a message: version, change number, edit/deletion, reply, mentions."""
+    reply = message.reply_to
+    return {
+        "version": message.version,
+        "changeSeq": message.change_seq,
+        "editedAt": iso(message.edited_at) if message.edited_at else None,
+        "deletedAt": iso(message.deleted_at) if message.deleted_at else None,
+        "reactions": {} if message.deleted else dict(message.reactions),
+        # A tombstone shows no reply snippet; a reply to a deleted message shows the original as deleted.
+        "replyTo": (
+            {
+                "messageId": reply.message_id,
+                "senderId": reply.sender_id,
+                "content": "" if reply.deleted else reply.content,
+                "deleted": reply.deleted,
+            }
+            if reply is not None and not message.deleted
+            else None
+        ),
+        "mentions": list(message.mentions),
+    }
 
 
 def conversation_row_body(row: ConversationRow) -> JSONObject:
@@ -89,6 +117,9 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         peer_id,
         muted,
         role,
+        unread_mention_count,
+        latest_deleted,
+        last_change_seq,
     ) = row  # unpacked positionally: a 500-row list pays for no attribute lookups
     has_message = latest_message_id is not None
     unread = int(unread_count)
@@ -105,6 +136,9 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         "latestMessageId": str(latest_message_id) if has_message else None,
         "muted": muted,
         "role": role,
+        "unreadMentionCount": int(unread_mention_count),
+        "latestDeleted": bool(latest_deleted) and has_message,
+        "changeSeq": int(last_change_seq),
     }
 
 
@@ -170,7 +204,51 @@ def new_message_frame(message: StoredMessage) -> JSONObject:
     }
     if message.position is not None:
         frame["position"] = message.position
+    if message.change_seq is not None:
+        frame.update(_lifecycle(message))
     return frame
+
+
+def message_updated_frame(message: StoredMessage) -> JSONObject:
+    """An edit (CONTRACT section 7): the message's new content with its version and change number."""
+    return {
+        "type": "message-updated",
+        "conversationId": message.conversation_id,
+        "messageId": message.message_id,
+        "senderId": message.sender_id,
+        "content": message.content,
+        "sentAt": iso(message.sent_at),
+        "editedAt": iso(message.edited_at) if message.edited_at else None,
+        "position": message.position,
+        "version": message.version,
+        "changeSeq": message.change_seq,
+    }
+
+
+def message_deleted_frame(message: StoredMessage) -> JSONObject:
+    return {
+        "type": "message-deleted",
+        "conversationId": message.conversation_id,
+        "messageId": message.message_id,
+        "deletedAt": iso(message.deleted_at) if message.deleted_at else None,
+        "position": message.position,
+        "version": message.version,
+        "changeSeq": message.change_seq,
+    }
+
+
+def reactions_updated_frame(message: StoredMessage, user_id: str, emoji: str, add: bool) -> JSONObject:
+    return {
+        "type": "reactions-updated",
+        "conversationId": message.conversation_id,
+        "messageId": message.message_id,
+        "userId": user_id,
+        "emoji": emoji,
+        "add": add,
+        "reactions": dict(message.reactions),
+        "version": message.version,
+        "changeSeq": message.change_seq,
+    }
 
 
 def read_messages_frame(conversation_id: str, reader: str, receipt: ReadReceipt | None = None) -> JSONObject:

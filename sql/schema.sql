@@ -1,4 +1,4 @@
--- The current schema: what sql/0001..0007 build, written out as one file to read.
+-- The current schema: what sql/0001..0008 build, written out as one file to read.
 --
 -- Nothing applies this file: databases are built and upgraded by the numbered migrations
 -- (make migrate, chalicelib/migrations.py, which skips schema.sql). It exists so that the shape of a
@@ -49,6 +49,8 @@ CREATE TABLE conversation_table (
     create_request_id text CHECK (char_length(create_request_id) BETWEEN 1 AND 64),
     first_member_id   text,
     second_member_id  text,
+    last_change_seq   bigint      NOT NULL DEFAULT 0,
+    latest_deleted    boolean     NOT NULL DEFAULT false,
     CHECK (
         (is_group AND direct_user_low IS NULL AND direct_user_high IS NULL)
         OR (NOT is_group AND direct_user_low < direct_user_high)
@@ -83,6 +85,7 @@ CREATE TABLE participant_table (
     last_read_at      timestamptz,
     role              text        NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
     muted             boolean     NOT NULL DEFAULT false,
+    mention_count     integer     NOT NULL DEFAULT 0 CHECK (mention_count >= 0),
     PRIMARY KEY (conversation_id, user_id)
 );
 
@@ -93,6 +96,13 @@ CREATE INDEX participant_user_idx ON participant_table (user_id, conversation_id
 CREATE INDEX participant_role_idx ON participant_table (conversation_id, role, joined_at, user_id);
 
 -- Messages --------------------------------------------------------------------------------------
+--
+-- seq is the message's position (dense, 1..last_seq). Every change of a conversation (a send, an edit,
+-- a deletion, a reaction change) takes the conversation's next change number (last_change_seq + 1,
+-- under its row's lock) and the message it changed carries it in change_seq; version counts the
+-- message's changes. A deletion is a tombstone (content '', reactions gone, deleted_at set), never a
+-- row deletion, so the idempotency key still answers a late retry. reply_to and mentions are set at
+-- send time; mention_count on participant rows counts unread mentions of the member. (0008)
 
 CREATE TABLE message_table (
     message_id        uuid PRIMARY KEY,
@@ -102,10 +112,30 @@ CREATE TABLE message_table (
     temp_message_id   text        NOT NULL CHECK (char_length(temp_message_id) BETWEEN 1 AND 64),
     content           text        NOT NULL,
     sent_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    change_seq        bigint      NOT NULL DEFAULT 0,
+    version           integer     NOT NULL DEFAULT 1 CHECK (version >= 1),
+    edited_at         timestamptz,
+    deleted_at        timestamptz,
+    reply_to          uuid,
+    mentions          text[],
+    reactions         jsonb       NOT NULL DEFAULT '{}',
     -- Paging by position, and the latest message of a conversation.
     CONSTRAINT message_conversation_seq_key UNIQUE (conversation_id, seq),
     -- Idempotent send: a retried tempMessageId stores nothing new.
-    CONSTRAINT message_idempotency_key UNIQUE (conversation_id, sender_id, temp_message_id)
+    CONSTRAINT message_idempotency_key UNIQUE (conversation_id, sender_id, temp_message_id),
+    -- The change feed: every message changed after a change number, each once (0008).
+    CONSTRAINT message_change_seq_key UNIQUE (conversation_id, change_seq)
+);
+
+-- Reactions: who reacted with what (a user counts once per emoji per message; myReactions). The counts
+-- live on the message row, updated in the same statement under the conversation's lock. (0008)
+
+CREATE TABLE reaction_table (
+    message_id  uuid NOT NULL REFERENCES message_table ON DELETE CASCADE,
+    user_id     text NOT NULL,
+    emoji       text NOT NULL CHECK (char_length(emoji) BETWEEN 1 AND 32),
+    reacted_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (message_id, user_id, emoji)
 );
 
 -- Connections -----------------------------------------------------------------------------------

@@ -39,11 +39,16 @@ def database_name(url: str) -> str:
 def connect(url: str) -> pg8000.native.Connection:
     """A raw pg8000 connection (DDL, COPY, bulk loads) with the app's URL parsing and no socket timeout.
 
-    The app's 5 s timeout is for requests; creating, cloning and loading a database is not one.
+    The app's socket timeout is for requests; creating, cloning and loading a database is not one.
     """
     params = connection_parameters(settings_from_env({"DATABASE_URL": url}).database, "us-east-1")
     params["timeout"] = None
-    return pg8000.native.Connection(**params)
+    connection = pg8000.native.Connection(**params)
+    # Nor are the database's per-request time limits (sql/0006): lift them for this session alone.
+    connection.run("SET statement_timeout = 0")
+    connection.run("SET lock_timeout = 0")
+    connection.run("SET idle_in_transaction_session_timeout = 0")
+    return connection
 
 
 def migrate(url: str, directory: Path = MIGRATIONS) -> None:

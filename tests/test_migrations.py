@@ -387,7 +387,7 @@ def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
     }
     # 0006 and 0007 on top (roles: the group's creator owns it; the two lowest members on the row), then
     # the app's own list query reads the upgraded rows as it reads new ones.
-    copy_migrations(tmp_path, "0006_session_timeouts.sql", "0007_groups.sql")
+    copy_migrations(tmp_path, "0006_session_timeouts.sql", "0007_groups.sql", "0008_message_lifecycle.sql")
     apply_migrations(empty_database.settings, tmp_path)
     roles = empty_database.run("SELECT conversation_id::text AS id, user_id, role FROM participant_table")
     assert {(r["id"], r["user_id"]): r["role"] for r in roles if r["role"] != "member"} == {(group, "c"): "owner"}
@@ -409,8 +409,22 @@ def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
         limit=10,
     )
     listed = {cells[0]: cells for cells in row["page"]}
-    assert listed[direct][4:11] == [1, "00000000-0000-4000-8000-0000000000a2", "b", "latest", "b", False, "member"]
-    assert listed[group][4:11] == [0, None, None, None, "c", False, "member"]
+    assert listed[direct][4:14] == [
+        1,
+        "00000000-0000-4000-8000-0000000000a2",
+        "b",
+        "latest",
+        "b",
+        False,
+        "member",
+        0,
+        False,
+        2,
+    ]
+    assert listed[group][4:14] == [0, None, None, None, "c", False, "member", 0, False, 0]
+    # 0008: each message's one change so far is its send.
+    numbers = empty_database.run("SELECT seq, change_seq FROM message_table")
+    assert all(row["seq"] == row["change_seq"] for row in numbers)
 
 
 # -- sql/schema.sql ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tests.databases import connect
 
 CONVERSATIONS = 5_000
 MESSAGES_EACH = 20
-BIG_TABLES = ("message_table", "participant_table", "connection_table")
+BIG_TABLES = ("message_table", "participant_table", "connection_table", "reaction_table")
 # query name -> tables its plan must not read at all
 UNTOUCHED: dict[str, set[str]] = {
     # The latest message is copied onto the conversation row (sql/0005): the list reads message_table
@@ -62,6 +62,14 @@ EXPECTED: dict[str, set[str]] = {
     "rename_conversation": {"conversation_table_pkey"},
     "set_muted": {"participant_table_pkey|participant_user_idx"},
     "members_page": {"participant_table_pkey|participant_role_idx", "message_conversation_seq_key"},
+    # Message lifecycle (sql/0008)
+    "check_message_refs": {"message_table_pkey", "participant_table_pkey|participant_user_idx|participant_role_idx"},
+    "changes_after": {"message_change_seq_key"},
+    "my_reactions": {"reaction_table_pkey"},
+    "lock_message": {"message_table_pkey"},
+    "edit_message": {"conversation_table_pkey", "message_table_pkey"},
+    "delete_message": {"conversation_table_pkey", "message_table_pkey", "reaction_table_pkey"},
+    "react": {"conversation_table_pkey", "message_table_pkey"},  # the insert path: a unique-key probe
 }
 
 SEED = f"""
@@ -72,10 +80,12 @@ FROM generate_series(1, {CONVERSATIONS}) AS i;
 INSERT INTO participant_table (conversation_id, user_id, last_read_seq)
 SELECT c.conversation_id, u.user_id, {MESSAGES_EACH} - 1
 FROM conversation_table c, LATERAL (VALUES (c.direct_user_low), (c.direct_user_high)) AS u(user_id);
-INSERT INTO message_table (message_id, conversation_id, seq, sender_id, temp_message_id, content)
-SELECT md5('m' || c.n || '-' || s)::uuid, c.conversation_id, s, c.direct_user_low, 't' || s, 'hello'
+INSERT INTO message_table (message_id, conversation_id, seq, change_seq, sender_id, temp_message_id, content)
+SELECT md5('m' || c.n || '-' || s)::uuid, c.conversation_id, s, s, c.direct_user_low, 't' || s, 'hello'
 FROM (SELECT conversation_id, direct_user_low, row_number() OVER () AS n FROM conversation_table) c,
      generate_series(1, {MESSAGES_EACH}) AS s;
+INSERT INTO reaction_table (message_id, user_id, emoji)
+SELECT message_id, sender_id, 'x' FROM message_table WHERE seq % 2 = 0;
 CREATE TABLE IF NOT EXISTS connection_table (connection_id text PRIMARY KEY, user_id text NOT NULL,
     connected_at timestamptz NOT NULL DEFAULT clock_timestamp());
 INSERT INTO connection_table (connection_id, user_id)
@@ -132,6 +142,12 @@ def parameters(sql: str, database: Database) -> dict[str, Any]:
         "delta": 0,
         "muted": True,
         "after_user": "",
+        "reply_to": str(message["message_id"]),
+        "mentions": [user],
+        "after": MESSAGES_EACH - 5,
+        "message_ids": [str(message["message_id"])],
+        "emoji": "👍",
+        "add": True,
     }
     names = set(re.findall(r"(?<![:\w]):([a-z_][a-z0-9_]*)", sql))
     unknown = names - values.keys()

@@ -163,6 +163,9 @@ def test_conversation_list_rows(rest: Rest, sockets: Sockets) -> None:
         "latestMessageId": latest["messageId"],
         "muted": False,
         "role": "member",
+        "unreadMentionCount": 0,
+        "latestDeleted": False,
+        "changeSeq": latest["changeSeq"],
     }
     assert bottom["latestContent"] == "" and bottom["senderId"] == "" and bottom["isRead"] is True
     assert bottom["participantId"] == carol and ISO.match(bottom["sentAt"]) and bottom["latestMessageId"] is None
@@ -192,6 +195,9 @@ def test_group_rows_show_title_latest_and_first_other_member(rest: Rest, sockets
             "latestMessageId": sent["messageId"],
             "muted": False,
             "role": "owner" if member == erin else "member",
+            "unreadMentionCount": 0,
+            "latestDeleted": False,
+            "changeSeq": sent["changeSeq"],
         }, member
 
 
@@ -269,7 +275,11 @@ def test_message_pages_by_offset(rest: Rest, history: tuple[str, str, list[dict[
     path = f"/conversations/{conversation_id}/messages"
     status, page = rest.json("GET", path, alice)
     assert status == 200 and ids(page) == ids(newest_first[:20])
-    assert set(page[0]) == {"messageId", "conversationId", "senderId", "content", "sentAt", "position"}
+    assert set(page[0]) == {
+        *("messageId", "conversationId", "senderId", "content", "sentAt", "position"),
+        # extension (CONTRACT section 7): the message's current state
+        *("version", "changeSeq", "editedAt", "deletedAt", "reactions", "myReactions", "replyTo", "mentions"),
+    }
     assert page[0]["content"] == "m24" and ISO.match(page[0]["sentAt"])
     assert ids(rest.json("GET", f"{path}?offset=20", alice)[1]) == ids(newest_first[20:])
     assert ids(rest.json("GET", f"{path}?offset=5&limit=3&order=asc", alice)[1]) == ids(

@@ -49,6 +49,8 @@ def test_message_reaches_every_connection_of_every_participant_once(rest: Rest, 
     assert set(echo) == {
         *("type", "messageId", "tempMessageId", "conversationId", "senderId", "content", "sentAt"),
         "position",  # extension: the message's place in its conversation
+        # extension (CONTRACT section 7): its version and change number, edit/deletion, reply, mentions
+        *("version", "changeSeq", "editedAt", "deletedAt", "reactions", "replyTo", "mentions"),
     }
     assert echo["tempMessageId"] == "t-1" and echo["senderId"] == alice and echo["content"] == "hi bob"
     for connection_id in alice_tabs + bob_tabs:

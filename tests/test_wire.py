@@ -96,6 +96,9 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "peer_id": "alice",
         "muted": False,
         "role": "admin",
+        "unread_mention_count": 1,
+        "latest_deleted": False,
+        "last_change_seq": 12,
     }
     row = ConversationRow._make(values[field] for field in CONVERSATION_ROW_FIELDS)
     assert conversation_row_body(row) == {
@@ -111,6 +114,9 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "latestMessageId": "m-9",
         "muted": False,
         "role": "admin",
+        "unreadMentionCount": 1,
+        "latestDeleted": False,
+        "changeSeq": 12,
     }
     assert ListCursor.after(row) == ListCursor(SENT, "c-1")
     empty = ConversationRow(**{**values, "latest_message_id": None, "unread_count": 0})

@@ -87,7 +87,8 @@ ORDER BY user_id;
 SELECT json_agg(
            json_build_array(page.conversation_id, page.title, page.is_group, page.last_activity_at,
                             page.unread_count, page.latest_message_id, page.latest_sender_id,
-                            page.latest_content, page.peer_id, page.muted, page.role)
+                            page.latest_content, page.peer_id, page.muted, page.role, page.mention_count,
+                            page.latest_deleted, page.last_change_seq)
            ORDER BY page.last_activity_at DESC, page.conversation_id DESC
        ) AS page
 FROM (
@@ -99,14 +100,14 @@ FROM (
            END AS latest_content,
            -- participantId: the lower of the conversation's two lowest members that is not the caller.
            CASE WHEN c.first_member_id = p.user_id THEN c.second_member_id ELSE c.first_member_id END AS peer_id,
-           p.muted, p.role
+           p.muted, p.role, p.mention_count, c.latest_deleted, c.last_change_seq
     FROM participant_table p
     -- One primary-key probe per participant row. As a plain join, a user in hundreds of
     -- conversations tips the planner into hashing a sequential scan of every conversation.
     CROSS JOIN LATERAL (
         SELECT c1.conversation_id, c1.title, c1.is_group, c1.last_activity_at, c1.last_seq,
                c1.latest_message_id, c1.latest_sender_id, c1.latest_content, c1.first_member_id,
-               c1.second_member_id
+               c1.second_member_id, c1.latest_deleted, c1.last_change_seq
         FROM conversation_table c1
         WHERE c1.conversation_id = p.conversation_id
         LIMIT 1
