@@ -202,7 +202,7 @@ class ChatRepository:
     def user_conversations(self, user_id: str, query: ConversationListQuery) -> list[ConversationRow]:
         """A page of the user's conversations, newest activity first, after the query's cursor."""
         after = query.cursor or _FIRST_PAGE
-        page: list[list[Any]] | None = self._db.one(
+        columns: list[list[Any] | None] = self._db.one(
             "list_user_conversations",
             user_id=user_id,
             cursor_at=after.activity_at,
@@ -211,11 +211,11 @@ class ChatRepository:
             read_only=query.is_read is True,
             limit=query.limit,
         )["page"]
-        rows = []
-        for cells in page or ():  # json_agg of no rows is NULL
-            cells[_ROW_ACTIVITY] = parse_timestamptz(cells[_ROW_ACTIVITY])  # json carries the time as text
-            rows.append(ConversationRow._make(cells))
-        return rows
+        if columns[0] is None:  # json_agg of no rows is NULL
+            return []
+        # json carries the time as text
+        columns[_ROW_ACTIVITY] = [parse_timestamptz(text) for text in columns[_ROW_ACTIVITY] or ()]
+        return [ConversationRow._make(cells) for cells in zip(*columns, strict=True)]
 
     # --- connections (the durable copy of the registry's connection -> user) -----------
 

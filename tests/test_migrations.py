@@ -408,7 +408,7 @@ def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
         read_only=False,
         limit=10,
     )
-    listed = {cells[0]: cells for cells in row["page"]}
+    listed = {cells[0]: list(cells) for cells in zip(*row["page"], strict=True)}  # one array per column
     assert listed[direct][4:14] == [
         1,
         "00000000-0000-4000-8000-0000000000a2",
