@@ -265,3 +265,15 @@ def test_the_presence_sweep_runs_every_minute_and_knows_where_to_push(template: 
     assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
     endpoint = sweep["Environment"]["Variables"]["CONNECTIONS_ENDPOINT_URL"]["Fn::Sub"]
     assert "${WebsocketAPI}" in endpoint and endpoint.endswith("/${WebsocketAPIStage}")
+
+
+def test_rest_knows_where_to_push_and_may(template: tuple[Path, dict[str, Any]]) -> None:
+    """REST changes push too (conversation-created, participants-updated): the REST function gets the
+    WebSocket API's @connections endpoint, and its role may post there."""
+    _, sam = template
+    rest = functions(sam)["APIHandler"]
+    endpoint = rest["Environment"]["Variables"]["CONNECTIONS_ENDPOINT_URL"]["Fn::Sub"]
+    assert "${WebsocketAPI}" in endpoint and endpoint.endswith("/${WebsocketAPIStage}")
+    role = rest["Role"]["Fn::GetAtt"][0]
+    statements = sam["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert any(statement["Action"] == "execute-api:ManageConnections" for statement in statements)
