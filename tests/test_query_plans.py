@@ -62,6 +62,9 @@ EXPECTED: dict[str, set[str]] = {
     "rename_conversation": {"conversation_table_pkey"},
     "set_muted": {"participant_table_pkey|participant_user_idx"},
     "members_page": {"participant_table_pkey|participant_role_idx", "message_conversation_seq_key"},
+    # Presence (queries/signals.sql): the user's rows, then each conversation's by primary key
+    "direct_peers": {"participant_user_idx", "conversation_table_pkey", "participant_table_pkey|participant_role_idx"},
+    "users_sharing_a_conversation": {"participant_user_idx"},  # both sides: (user, conversation) probes
     # Message lifecycle (sql/0008)
     "check_message_refs": {"message_table_pkey", "participant_table_pkey|participant_user_idx|participant_role_idx"},
     "changes_after": {"message_change_seq_key"},
