@@ -185,7 +185,9 @@ def test_postgres_down_during_a_send_then_the_retry_stores_once(
         (error,) = sockets.frames(tab)
         assert error["type"] == "error" and error["code"] == "InternalError"
         # Said plainly since issue 11: the database, not some fault, and a retry can succeed.
-        assert error["tempMessageId"] == "t-outage" and error["message"] == "The database could not be reached; try again"
+        assert (
+            error["tempMessageId"] == "t-outage" and error["message"] == "The database could not be reached; try again"
+        )
         assert rest.call("GET", "/conversations", alice).status_code == 503
     finally:
         private_postgres.start()
