@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 
 from chalicelib.config import get_settings, reset_settings
 from chalicelib.db import Database
@@ -27,15 +28,41 @@ if TYPE_CHECKING:
     from chalicelib.registry import RedisClient, RedisRegistry
     from chalicelib.signals import LiveSignals
 
-_lock = threading.Lock()
+# Factories build each other (the service asks for the database), hence re-entrant.
+_lock = threading.RLock()
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-@functools.lru_cache(maxsize=1)
+class _BuiltOnce(Generic[_P, _R]):
+    """``functools.lru_cache`` whose builds never race: the local server calls the factories from many
+    threads at once, and two concurrent first calls would otherwise build (and leak) two clients."""
+
+    def __init__(self, factory: Callable[_P, _R], maxsize: int) -> None:
+        self._cached = functools.lru_cache(maxsize=maxsize)(factory)
+        functools.update_wrapper(self, factory)
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _lock:
+            return self._cached(*args, **kwargs)  # type: ignore[arg-type]  # ids and URLs: hashable
+
+    def built(self) -> bool:
+        return self._cached.cache_info().currsize > 0
+
+    def cache_clear(self) -> None:
+        self._cached.cache_clear()
+
+
+def _built_once(maxsize: int = 1) -> Callable[[Callable[_P, _R]], _BuiltOnce[_P, _R]]:
+    return lambda factory: _BuiltOnce(factory, maxsize)
+
+
+@_built_once()
 def get_database() -> Database:
     return Database(get_settings())
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_redis() -> RedisClient:
     """The process's one Redis client (and pool), shared by the registry and the rate limiter.
 
@@ -67,7 +94,7 @@ def get_redis() -> RedisClient:
         ) from error
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_registry() -> RedisRegistry:
     from chalicelib.registry import RedisRegistry
 
@@ -82,7 +109,7 @@ def get_registry() -> RedisRegistry:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_rate_limiter() -> RateLimiter:
     """Per-user REST buckets; REST Lambdas load Redis only when they first take a token."""
     from chalicelib.limits import RateLimiter
@@ -90,14 +117,14 @@ def get_rate_limiter() -> RateLimiter:
     return RateLimiter(get_redis(), prefix=get_settings().redis_key_prefix)
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_verifier() -> TokenVerifier:
     from chalicelib.auth import TokenVerifier
 
     return TokenVerifier(get_settings())
 
 
-@functools.lru_cache(maxsize=8)
+@_built_once(maxsize=8)
 def get_connections_client(endpoint_url: str) -> ConnectionsClient:
     """The ``@connections`` client of one management endpoint (one per WebSocket API stage)."""
     from chalicelib.connections_http import SignedConnectionsClient
@@ -114,7 +141,7 @@ def get_connections_client(endpoint_url: str) -> ConnectionsClient:
     )
 
 
-@functools.lru_cache(maxsize=8)
+@_built_once(maxsize=8)
 def get_pusher(endpoint_url: str) -> Pusher:
     """A pusher for one management endpoint, drawing from the account's push budget (the direct path)."""
     from chalicelib.budget import BudgetedPusher
@@ -131,7 +158,7 @@ def get_pusher(endpoint_url: str) -> Pusher:
     )
 
 
-@functools.lru_cache(maxsize=8)
+@_built_once(maxsize=8)
 def get_signal_pusher(endpoint_url: str) -> Pusher:
     """The pusher of typing and presence frames: the same budget, shed first (chalicelib/signals.py)."""
     from chalicelib.push import shared_executor
@@ -148,7 +175,7 @@ def get_signal_pusher(endpoint_url: str) -> Pusher:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_signals() -> LiveSignals:
     """Typing and presence state, on the registry's Redis client."""
     from chalicelib.signals import LiveSignals
@@ -162,7 +189,7 @@ def get_signals() -> LiveSignals:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_push_budget() -> PushBudget:
     """The account's push budget; Redis is reached on the first push only (and not at all when it is off)."""
     from chalicelib.budget import PushBudget
@@ -176,7 +203,7 @@ def get_push_budget() -> PushBudget:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_fanout_queue() -> FanoutQueue | None:
     """The fan-out queue ``FANOUT_QUEUE_URL`` names, or None (every fan-out direct)."""
     from chalicelib.queue import queue_for_url
@@ -185,7 +212,7 @@ def get_fanout_queue() -> FanoutQueue | None:
     return queue_for_url(settings.fanout_queue_url, region=settings.aws_region) if settings.fanout_queue_url else None
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_fanout_dispatcher() -> FanoutDispatcher:
     from chalicelib.fanout import FanoutDispatcher
 
@@ -195,7 +222,7 @@ def get_fanout_dispatcher() -> FanoutDispatcher:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_fanout_worker() -> FanoutWorker:
     """The SQS handler's worker: shards in, pushes out (chalicelib/fanout.py)."""
     from chalicelib.fanout import DatabaseMembership, FanoutWorker
@@ -219,7 +246,7 @@ def get_fanout_worker() -> FanoutWorker:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@_built_once()
 def get_service() -> ChatService:
     return ChatService(
         get_settings(),
@@ -243,9 +270,9 @@ def connections_endpoint(domain_name: str, stage: str) -> str:
 def reset() -> None:
     """Forget every cached collaborator and the settings (closes the database and Redis connections)."""
     with _lock:
-        if get_database.cache_info().currsize:
+        if get_database.built():
             get_database().close()
-        if get_redis.cache_info().currsize:
+        if get_redis.built():
             get_redis().close()
         for factory in (
             get_database,
