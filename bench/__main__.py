@@ -15,7 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure_e2e, measure_groups, measure_import, measure_rest, measure_ws, report
+from bench import (
+    measure_e2e,
+    measure_fanout_queue,
+    measure_groups,
+    measure_import,
+    measure_lifecycle,
+    measure_members,
+    measure_registry_cluster,
+    measure_rest,
+    measure_signals,
+    measure_ws,
+    report,
+)
 from bench.baseline import NaiveChat, ensure_baseline
 from bench.context import BenchContext, cleanup
 from bench.dataset import Params
@@ -38,7 +50,7 @@ from chalicelib.config import get_settings
 from local.identity import LocalIdentityProvider
 from local.services import EmbeddedServices
 
-PHASES = ("rest", "ws", "groups", "fanout", "import", "e2e")
+PHASES = ("rest", "ws", "groups", "members", "lifecycle", "signals", "fanout", "queued", "cluster", "import", "e2e")
 FANOUT_PUSH_DELAY_S = 0.02
 
 
@@ -101,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                 if "groups" in phases:
                     log("large groups (create, send: SQL alone and app.message, read, WAL per send):")
                     stats["groups"] = measure_groups.run(ctx, log)
+                if "members" in phases:
+                    log("group members (service methods: add, remove, GET /conversations/{id}):")
+                    stats["members"] = measure_members.run(ctx, log)
+                if "lifecycle" in phases:
+                    log("message lifecycle (app.message: send, edit, delete, react; the change feed):")
+                    stats["lifecycle"] = measure_lifecycle.run(ctx, log)
+                if "signals" in phases:
+                    log("live signals (app.message typing frames, GET /presence):")
+                    stats["signals"] = measure_signals.run(ctx, log)
                 if "fanout" in phases:
                     with Endpoint(FANOUT_PUSH_DELAY_S) as slow_url:
                         os.environ["CONNECTIONS_ENDPOINT_URL"] = slow_url
@@ -109,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                         stats["fanout"], stats["fanout pushes"] = measure_ws.fanout(ctx, log)
                         os.environ["CONNECTIONS_ENDPOINT_URL"] = instant_url
                         wiring.reset()
+                if "queued" in phases:
+                    log("queued fan-out (local queue, app.fanout_worker, 20 ms endpoint, the default push budget):")
+                    stats["queued"] = measure_fanout_queue.run(ctx, log)
+                if "cluster" in phases:
+                    log("registry on a 3-master Redis Cluster beside standalone Redis:")
+                    stats["cluster"] = measure_registry_cluster.run(ctx, log)
             finally:
                 cleanup(ctx)
                 naive_db.close()

@@ -40,6 +40,24 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
 
     imports = stats.get("import") or {}
     e2e = stats.get("e2e")
+    members: dict[str, Any] = stats.get("members") or {}
+    lifecycle: dict[str, Any] = stats.get("lifecycle") or {}
+    signals: dict[str, Any] = stats.get("signals") or {}
+    queued: dict[str, Any] = stats.get("queued") or {}
+    cluster: dict[str, Any] = stats.get("cluster") or {}
+
+    def of(section: dict[str, Any], name: str, q: int = 50) -> float | None:
+        found: Stats | None = section.get(name)
+        if not found:
+            return None
+        return _r(found.p50_ms if q == 50 else found.p99_ms)
+
+    def queued_run(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not outcome:
+            return None
+        return {key: _r(value) if isinstance(value, float) else value for key, value in outcome.items()}
+
+    budget = queued.get("budget per s")
     return {
         "dataset": {"users": info.users, "conversations": info.conversations, "messages": info.messages},
         "list_conversations": {
@@ -88,7 +106,73 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             "boto3_ms": _r(imports["boto3_ms"]) if imports else None,
         },
         "e2e_local": e2e if e2e is not None else None,
+        "members": {
+            "add_100_ms": of(members, "add 100"),
+            "add_100_p99_ms": of(members, "add 100", 99),
+            "remove_ms": of(members, "remove"),
+            "remove_p99_ms": of(members, "remove", 99),
+            "group_members": 10_000 if members else None,
+        },
+        "conversation": {
+            "get_10_ms": of(members, "get 10"),
+            "get_10k_ms": of(members, "get 10k"),
+            "get_10k_members_in_body": members.get("get 10k members shown"),
+        },
+        "edit_message": {
+            "p50_ms": of(lifecycle, "edit"),
+            "p99_ms": of(lifecycle, "edit", 99),
+            "send_p50_ms_same_run": of(lifecycle, "send"),
+        },
+        "delete_message": {"p50_ms": of(lifecycle, "delete"), "p99_ms": of(lifecycle, "delete", 99)},
+        "react": {"p50_ms": of(lifecycle, "react"), "p99_ms": of(lifecycle, "react", 99)},
+        "changes_page": {
+            "newest_p50_ms": of(lifecycle, "changes newest"),
+            "deep_p50_ms": of(lifecycle, "changes deep"),
+            "deep_changes": lifecycle.get("changes depth"),
+            "conversation_changes": lifecycle.get("changes conversation length"),
+        },
+        "typing": {
+            "p50_ms": of(signals, "typing"),
+            "p99_ms": of(signals, "typing", 99),
+            "throttled_p50_ms": of(signals, "typing throttled"),
+            "sql_statements": signals.get("typing sql"),
+            "frames_counted": signals.get("typing frames"),
+        },
+        "presence": {
+            "p50_ms": of(signals, "presence"),
+            "p99_ms": of(signals, "presence", 99),
+            "users": 100 if signals else None,
+            "sql_statements_per_call": signals.get("presence sql per call"),
+        },
+        "fanout_queued": {
+            "connections_10k": queued_run(_median_run(queued.get("runs"))),
+            "connections_10k_one_shard_failing": queued_run(queued.get("failing")),
+            "budget_per_s": budget,
+            "budget_burst": queued.get("budget burst"),
+            "shard_size": queued.get("shard size"),
+            "per_push_latency_ms": 20.0 if queued else None,
+            "target_ms": _r(1.25 * (10_000 / budget * 1000 + queued["runs"][0]["first_queued_push_ms"]))
+            if budget and queued.get("runs")
+            else None,
+        },
+        "registry_cluster": {
+            name.replace(" ", "_"): {
+                "cluster_p50_ms": of(cluster, f"{name} cluster"),
+                "standalone_p50_ms": of(cluster, f"{name} standalone"),
+            }
+            for name in ("register", "touch", "touch send", "connections_for 100", "unregister")
+        }
+        if cluster
+        else None,
     }
+
+
+def _median_run(runs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The run with the median time to the last push, with every run's time beside it."""
+    if not runs:
+        return None
+    timed = sorted(runs, key=lambda run: float(run["ms"] or 0))
+    return {**timed[len(timed) // 2], "runs_ms": [run["ms"] for run in runs]}
 
 
 _SECTION_PHASE = {
@@ -100,6 +184,16 @@ _SECTION_PHASE = {
     "fanout_1000": "fanout",
     "cold_import": "import",
     "e2e_local": "e2e",
+    "members": "members",
+    "conversation": "members",
+    "edit_message": "lifecycle",
+    "delete_message": "lifecycle",
+    "react": "lifecycle",
+    "changes_page": "lifecycle",
+    "typing": "signals",
+    "presence": "signals",
+    "fanout_queued": "queued",
+    "registry_cluster": "cluster",
 }
 
 
@@ -212,10 +306,75 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
             None,
             "",
         ),
+        *_later_rows(results),
         ("cold import, REST Lambda", ci["rest_ms"], None, "≤ 150 ms"),
         ("cold import, WebSocket Lambda", ci["websocket_ms"], None, ""),
         ("cold import, boto3 alone (scale)", ci["boto3_ms"], None, ""),
     ]
+
+
+def _later_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """Rows of issues 12 to 15 (groups, message lifecycle, signals, queued fan-out); a ratio where the issue names
+    a comparison. The reference goes in the baseline column only where it is a different design."""
+    mb, cv = results.get("members") or {}, results.get("conversation") or {}
+    em, dm, rc = results.get("edit_message") or {}, results.get("delete_message") or {}, results.get("react") or {}
+    cp, ty, pr = results.get("changes_page") or {}, results.get("typing") or {}, results.get("presence") or {}
+    send = em.get("send_p50_ms_same_run")
+    fq = results.get("fanout_queued") or {}
+    full, failing = fq.get("connections_10k") or {}, fq.get("connections_10k_one_shard_failing") or {}
+    rows: list[tuple[str, Any, Any, str]] = [
+        ("add 100 members to a 10,000-member group", mb.get("add_100_ms"), None, "O(changed members)"),
+        ("remove one member of a 10,000-member group", mb.get("remove_ms"), None, "O(changed members)"),
+        ("GET /conversations/{id}, 10 members, p50", cv.get("get_10_ms"), None, ""),
+        (
+            f"GET /conversations/{{id}}, 10,000 members ({_fmt(cv.get('get_10k_members_in_body'))} in body), p50",
+            cv.get("get_10k_ms"),
+            None,
+            f"vs 10{_times(cv.get('get_10k_ms'), cv.get('get_10_ms'))}",
+        ),
+        ("send-message, direct, same run as the three below, p50", send, None, ""),
+        ("edit-message, p50", em.get("p50_ms"), None, f"vs send{_times(em.get('p50_ms'), send)}"),
+        ("delete-message, p50", dm.get("p50_ms"), None, f"vs send{_times(dm.get('p50_ms'), send)}"),
+        ("react, p50", rc.get("p50_ms"), None, f"vs send{_times(rc.get('p50_ms'), send)}"),
+        ("change feed, newest page of 50, p50", cp.get("newest_p50_ms"), None, ""),
+        (
+            f"change feed, {_fmt(cp.get('deep_changes'))} changes deep, page of 50, p50",
+            cp.get("deep_p50_ms"),
+            None,
+            f"≤ 1.5x newest{_times(cp.get('deep_p50_ms'), cp.get('newest_p50_ms'))}",
+        ),
+        ("typing frame (pushed to 9), p50", ty.get("p50_ms"), None, ""),
+        ("typing frame, throttled, p50", ty.get("throttled_p50_ms"), None, ""),
+        (f"SQL statements in {_fmt(ty.get('frames_counted'))} typing frames", ty.get("sql_statements"), None, "0"),
+        ("GET /presence, 100 users, p50", pr.get("p50_ms"), None, ""),
+        (
+            f"queued fan-out to 10,000 connections at 20 ms, budget {_fmt(fq.get('budget_per_s'))}/s:"
+            " ms to the last push",
+            full.get("ms"),
+            None,
+            f"≤ {_fmt(fq.get('target_ms'))} ms (1.25x (10,000/budget + queue hop))",
+        ),
+        (
+            "  delivered / duplicates / lost",
+            f"{_fmt(full.get('delivered'))}/{_fmt(full.get('duplicates'))}/{_fmt(full.get('lost'))}" if full else None,
+            None,
+            "10,000/0/0",
+        ),
+        ("  one shard failing midway: ms from the worker's start", failing.get("ms"), None, ""),
+        (
+            "  delivered / duplicates / lost",
+            f"{_fmt(failing.get('delivered'))}/{_fmt(failing.get('duplicates'))}/{_fmt(failing.get('lost'))}"
+            if failing
+            else None,
+            None,
+            "10,000/0/0",
+        ),
+    ]
+    for name, figures in (results.get("registry_cluster") or {}).items():
+        label = name.replace("_", " ").replace("connections for", "connections_for")
+        cluster, standalone = figures.get("cluster_p50_ms"), figures.get("standalone_p50_ms")
+        rows.append((f"registry {label}, 3-master cluster (vs standalone), p50", cluster, standalone, ""))
+    return rows
 
 
 def table(results: dict[str, Any]) -> str:

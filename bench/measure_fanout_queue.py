@@ -1,0 +1,192 @@
+"""Queued fan-out (issue 12): one message to 10,000 connections through the fan-out queue, with a 20 ms
+``@connections`` endpoint and the default account push budget; then the same with one worker invocation failing
+part of a shard.
+
+The queue is local/queue.py's ``LocalQueue`` (SQS's visibility, receive-count and redrive rules, with a
+dead-letter queue) registered as ``FANOUT_QUEUE_URL=local:<name>``, drained by ``LocalQueueWorker`` calling the
+app's real ``app.fanout_worker`` with SQS-shaped events (batch size 10, as app.py declares, one poller: one
+concurrent invocation, as ``make dev`` runs it). The endpoint is bench/recording_endpoint.py in its own process:
+it records each connection's pushes and the time of the last one.
+
+The group has 10,000 members, each with one connection: the sender's through the app's ``$connect``, the other
+9,999 registered in the registry directly (the figure is the fan-out, not 10,000 ``$connect`` calls). The send
+goes through ``app.message``; the sender's echo is pushed directly, the rest in shards through the queue.
+
+Timing: from just before ``app.message`` to the endpoint's last recorded push. The queue hop is the time from
+the send to the first queued push (the first push to a connection other than the sender's).
+
+Failure run: the poller is held until the send has enqueued its shards; the third shard's members are read
+from the queue, and the endpoint answers 503 to the middle 50 of its connections for ``PUSH_MAX_ATTEMPTS``
+tries each, so that invocation reports the shard as a batch item failure; the shard comes back after the
+worker's backoff and only the unclaimed connections are pushed again. Its time runs from the poller's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+from bench.context import BenchContext, connect, send_frame
+from bench.measure_ws import _send
+from bench.phase import settings
+from bench.recording_endpoint import RecordingEndpoint
+from chalicelib import wiring
+from chalicelib.config import get_settings
+from chalicelib.fanout import Shard
+from chalicelib.queue import register_local_queue, unregister_local_queue
+from local.queue import LocalQueue, LocalQueueWorker
+
+CONNECTIONS = 10_000
+PUSH_DELAY_S = 0.02
+RUNS = 3
+FAILED_SHARD = 2
+FAILED_CONNECTIONS = 50
+WAIT_S = 120.0
+
+
+class Invocations:
+    """app.fanout_worker, counting invocations and the shards each reported failed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failed_shards = 0
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        import app as chat_app
+
+        self.calls += 1
+        answer = chat_app.fanout_worker(event, context)
+        self.failed_shards += len(answer.get("batchItemFailures") or []) if isinstance(answer, dict) else 0
+        return answer
+
+
+def _wait_for(endpoint: RecordingEndpoint, expected: int, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = endpoint.stats()
+        if stats["connections"] >= expected or time.monotonic() > deadline:
+            time.sleep(0.5)  # a late duplicate would show now
+            return endpoint.stats()
+        time.sleep(0.02)
+
+
+def _outcome(stats: dict[str, Any], started: float, sender_connection: str) -> dict[str, Any]:
+    counts: dict[str, int] = stats["counts"]
+    others = [at for connection_id, at in stats["times"].items() if connection_id != sender_connection]
+    return {
+        "delivered": len(counts),
+        "duplicates": sum(count - 1 for count in counts.values() if count > 1),
+        "lost": CONNECTIONS - len([c for c in counts if counts[c] > 0]),
+        "ms": (stats["last_at"] - started) * 1000 if stats["last_at"] else None,
+        "first_queued_push_ms": (min(others) - started) * 1000 if others else None,
+        "rejected_pushes": stats["failed"],
+        "sender_echoed": counts.get(sender_connection, 0) == 1,
+    }
+
+
+def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
+    name = f"bench-fanout-{ctx.run_id}"
+    results: dict[str, Any] = {"load before": os.getloadavg()}
+    with RecordingEndpoint(PUSH_DELAY_S) as endpoint:
+        dead = LocalQueue(f"{name}-dlq", retention_s=86400)
+        max_receive = get_settings().fanout_max_receive_count
+        queue = LocalQueue(name, visibility_timeout_s=360, max_receive_count=max_receive, dead_letter=dead)
+        url = register_local_queue(name, queue)
+        values = {
+            "FANOUT_QUEUE_URL": url,
+            "CONNECTIONS_ENDPOINT_URL": endpoint.url,
+            "MAX_PARTICIPANTS": str(CONNECTIONS),
+            "MAX_REQUEST_BYTES": "1000000",
+        }
+        try:
+            with settings(values):
+                results.update(_run(ctx, endpoint, queue, dead, log))
+        finally:
+            unregister_local_queue(name)
+    results["load after"] = os.getloadavg()
+    return results
+
+
+def _run(
+    ctx: BenchContext, endpoint: RecordingEndpoint, queue: LocalQueue, dead: LocalQueue, log: Any
+) -> dict[str, Any]:
+    config = get_settings()
+    results: dict[str, Any] = {
+        "budget per s": config.push_budget_per_s,
+        "budget burst": config.push_budget_burst,
+        "threshold": config.fanout_queue_threshold,
+        "shard size": config.fanout_shard_size,
+        "push concurrency": config.push_concurrency,
+        "push max attempts": config.push_max_attempts,
+    }
+    service = wiring.get_service()
+    members = [ctx.user(f"q{index:05d}") for index in range(CONNECTIONS)]
+    body = json.dumps({"recipientIdArr": members[1:], "isGroup": True, "title": "queued fan-out"})
+    group = str(service.create_conversation(members[0], body)["conversationId"])
+    ctx.scratch_conversations.append(group)
+    sender = connect(ctx, members[0])
+    registry = wiring.get_registry()
+    connection_of = {members[0]: sender}
+    for index, member in enumerate(members[1:], start=1):
+        connection_of[member] = f"bench-{ctx.run_id}-q{index:05d}="
+        registry.register(connection_of[member], member)
+    handler = Invocations()
+    worker = LocalQueueWorker(queue, handler, batch_size=10, timeout_s=60)
+
+    runs: list[dict[str, Any]] = []
+    worker.start()
+    try:
+        for _ in range(RUNS):
+            time.sleep(1.0)  # the budget refills (its burst) between runs, as between two big messages
+            endpoint.reset()
+            calls = handler.calls
+            started = time.time()
+            send_frame(sender, _send(group))
+            outcome = _outcome(_wait_for(endpoint, CONNECTIONS, WAIT_S), started, sender)
+            outcome["invocations"] = handler.calls - calls
+            runs.append(outcome)
+            log(
+                f"  {'queued fan-out, 10,000 connections':<34} {outcome['ms']:,.0f} ms to the last push;"
+                f" delivered {outcome['delivered']:,}, duplicates {outcome['duplicates']}, lost {outcome['lost']},"
+                f" first queued push {outcome['first_queued_push_ms']:,.0f} ms, {outcome['invocations']} invocations"
+            )
+    finally:
+        worker.stop()
+    results["runs"] = runs
+    results["ms"] = statistics.median(run["ms"] for run in runs if run["ms"] is not None)
+
+    # One invocation fails part of a shard.
+    time.sleep(1.0)
+    endpoint.reset()
+    calls, failed_before = handler.calls, handler.failed_shards
+    send_frame(sender, _send(group))
+    shards = [Shard.parse(body) for body in queue.bodies()]
+    victims = [connection_of[member] for member in shards[FAILED_SHARD].members]
+    middle = len(victims) // 2 - FAILED_CONNECTIONS // 2
+    endpoint.fail(config.push_max_attempts, victims[middle : middle + FAILED_CONNECTIONS])
+    worker.start()
+    started = time.time()
+    try:
+        outcome = _outcome(_wait_for(endpoint, CONNECTIONS, WAIT_S), started, sender)
+        deadline = time.monotonic() + 10
+        while len(queue) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    outcome["shards"] = len(shards)
+    outcome["invocations"] = handler.calls - calls
+    outcome["failed_shards"] = handler.failed_shards - failed_before
+    outcome["queue_left"] = len(queue)
+    outcome["dead_letter"] = len(dead)
+    results["failing"] = outcome
+    log(
+        f"  {'with one shard failing midway':<34} {outcome['ms']:,.0f} ms from the worker's start;"
+        f" delivered {outcome['delivered']:,}, duplicates {outcome['duplicates']},"
+        f" lost {outcome['lost']}, {outcome['rejected_pushes']} pushes answered 503,"
+        f" {outcome['failed_shards']} shard(s) reported failed, {outcome['invocations']} invocations,"
+        f" queue {outcome['queue_left']}, DLQ {outcome['dead_letter']}"
+    )
+    return results
