@@ -40,7 +40,6 @@ from chalicelib.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
-    TooManyRequests,
     UnknownConnection,
 )
 from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
@@ -399,24 +398,30 @@ class ChatService:
     # --- WebSocket -------------------------------------------------------------------
 
     def connect(self, connection_id: str, token: str | None, endpoint: str | None = None) -> str:
-        """Record a connection for the token's user; raises ``Unauthorized``.
+        """Record a connection for the token's user; raises ``Unauthorized``, or ``TooManyRequests`` past
+        MAX_CONNECTIONS_PER_USER.
 
-        The database row is written first: with Redis down the connection is still
-        accepted, and its frames are served in degraded mode.
+        The registry decides first, so a refused connect (a storm of them from one user) costs no SQL.
+        With Redis down the connection is still accepted and kept in the database only; its frames are
+        served in degraded mode.
         """
         claims = self._verifier().verify(token)
         user: str = claims["cognito:username"]
-        self._repo.save_connection(connection_id, user)
+        registered = True
         try:
             self._registry().register(connection_id, user)
-        except TooManyRequests:
-            # Over MAX_CONNECTIONS_PER_USER: refused (429), and its durable copy goes with it.
-            self._repo.delete_connection(connection_id)
-            raise
         except RegistryUnavailable as error:
             log.warning("registry unavailable at $connect (%s); connection kept in the database only", error)
-            return user
-        self._presence_changed(user, online=True, endpoint=endpoint)
+            registered = False
+        try:
+            self._repo.save_connection(connection_id, user)
+        except Exception:
+            if registered:  # refused as a whole: it must not hold one of the user's connection slots
+                with contextlib.suppress(RegistryUnavailable):
+                    self._registry().unregister(connection_id)
+            raise
+        if registered:
+            self._presence_changed(user, online=True, endpoint=endpoint)
         return user
 
     def disconnect(self, connection_id: str, endpoint: str | None = None) -> None:
