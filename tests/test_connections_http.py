@@ -200,7 +200,8 @@ def canned() -> Iterator[tuple[CannedServer, str]]:
 
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as tcp:
         tcp.daemon_threads = True
-        thread = threading.Thread(target=tcp.serve_forever, daemon=True)
+        # A short poll: shutdown() waits up to one poll interval, and this server is started once per case.
+        thread = threading.Thread(target=tcp.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
         try:
             yield state, f"http://127.0.0.1:{tcp.server_address[1]}"
