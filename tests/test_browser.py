@@ -855,3 +855,92 @@ def test_a_reload_keeps_the_open_conversation_and_its_read_receipts(
     expect(message(alice, "Rent is due").get_by_test_id("read-receipt")).to_have_text("Read")
     alice.reload()
     expect(message(alice, "Rent is due").get_by_test_id("read-receipt")).to_have_text("Read")
+
+
+# -- live signals: typing and presence (issue 15) ---------------------------------------------------------------
+
+
+def sent_frames(context: BrowserContext) -> list[dict[str, Any]]:
+    """Every frame the context's pages send to the server, as JSON (filled in as they go)."""
+    frames: list[dict[str, Any]] = []
+
+    def on_socket(socket: sync_api.WebSocket) -> None:
+        socket.on("framesent", lambda payload: frames.append(json.loads(payload)))
+
+    context.on("page", lambda page: page.on("websocket", on_socket))
+    return frames
+
+
+def typing_sent(frames: list[dict[str, Any]]) -> list[bool]:
+    return [bool(frame["typing"]) for frame in frames if frame.get("action") == "typing"]
+
+
+def presence_dot(scope: Page | Locator, user: str) -> Locator:
+    return scope.locator(f'[data-testid="presence-dot"][data-user-id="{user}"]')
+
+
+def test_bob_sees_alice_typing_and_then_her_message(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    direct = server.direct(server.token(alice_user), bob_user)
+    bob = sign_in(server, new_context(), bob_user)
+    conversation_item(bob, direct).click()
+    alice_context = new_context()
+    alice_frames = sent_frames(alice_context)
+    alice = sign_in(server, alice_context, alice_user)
+    conversation_item(alice, direct).click()
+    indicator = bob.get_by_test_id("typing-indicator")
+    expect(indicator).to_be_hidden()
+
+    # A burst of keystrokes is one `typing: true` (at most one per 2 s), shown under bob's conversation.
+    composer = alice.get_by_test_id("composer-input")
+    started = time.monotonic()
+    composer.press_sequentially("hello bob")
+    expect(indicator).to_have_text(f"{alice_user} is typing…")
+    if time.monotonic() - started < 2:
+        assert typing_sent(alice_frames) == [True]
+
+    # Her message ends it at once (long before the frame's expiresInMs), and the message is there.
+    composer.press("Enter")
+    expect(message(bob, "hello bob")).to_be_visible()
+    expect(indicator).to_be_hidden(timeout=1500)
+
+    # Typing again shows at once; emptying the composer sends `typing: false`, which hides it.
+    composer.press_sequentially("one more")
+    expect(indicator).to_have_text(f"{alice_user} is typing…")
+    composer.fill("")
+    expect(indicator).to_be_hidden(timeout=1500)
+    assert typing_sent(alice_frames)[-1] is False
+    assert contents(bob) == ["hello bob"]
+
+
+def test_bob_sees_alice_go_offline_when_her_page_closes_and_online_when_it_reopens(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    direct = server.direct(server.token(alice_user), bob_user)
+    alice_context = new_context()
+    alice = sign_in(server, alice_context, alice_user)
+
+    # Bob's list and members panel load it from GET /presence: alice is online.
+    bob = sign_in(server, new_context(), bob_user)
+    item_dot = presence_dot(conversation_item(bob, direct), alice_user)
+    expect(item_dot).to_have_attribute("data-online", "true")
+    conversation_item(bob, direct).click()
+    panel_dot = presence_dot(member_row(bob, alice_user), alice_user)
+    members_panel(bob)
+    expect(panel_dot).to_have_attribute("data-online", "true")
+    expect(presence_dot(bob, bob_user)).to_have_count(0)  # nobody is shown a dot of their own
+
+    # Her only page closes: its $disconnect pushes `presence` offline to bob, both dots follow.
+    alice.close()
+    expect(item_dot).to_have_attribute("data-online", "false")
+    expect(panel_dot).to_have_attribute("data-online", "false")
+    expect(item_dot).to_have_attribute("title", re.compile(rf"^{alice_user} is offline"))
+
+    # She opens it again: her first connection pushes `presence` online.
+    alice = sign_in(server, alice_context, alice_user)
+    expect(item_dot).to_have_attribute("data-online", "true")
+    expect(panel_dot).to_have_attribute("data-online", "true")
+    expect(item_dot).to_have_attribute("title", f"{alice_user} is online")

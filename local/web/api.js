@@ -105,5 +105,7 @@ export function createApi(session) {
       call("PATCH", `${conversationPath(conversationId)}/participants/${encodeURIComponent(userId)}`, { role }),
     rename: (conversationId, title) => call("PATCH", conversationPath(conversationId), { title }),
     setMuted: (conversationId, muted) => call("PUT", `${conversationPath(conversationId)}/settings`, { muted }),
+    /** [{userId, online, lastActiveAt}] for at most 100 users (people we share no conversation with: offline). */
+    presence: (userIds) => call("GET", `/presence${query({ userIds: userIds.join(",") })}`),
   };
 }

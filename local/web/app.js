@@ -5,6 +5,7 @@
  *   dom.js     element builder, time formatting
  *   message-view.js   one message on screen (renderMessage) and where read receipts go
  *   members-panel.js  the open conversation's members and the changes the viewer's role allows
+ *   signals.js        typing indicator (typing-indicator) and online dots (presence-dot, data-online)
  *   app.js     state, server frames, routing (#/c/<conversationId>) and the rest of the rendering (this file)
  *
  * Stable data-testid hooks for browser tests:
@@ -38,6 +39,7 @@ import { createApi, mintToken, websocketUrl } from "./api.js";
 import { formatTime, h, initials, splitNames } from "./dom.js";
 import { createMembersPanel } from "./members-panel.js";
 import { receiptPlaces, renderMessage } from "./message-view.js";
+import { createSignals } from "./signals.js";
 import { ChatSocket } from "./socket.js";
 
 const PAGE_SIZE = 30; // history page when opening / scrolling up
@@ -90,7 +92,17 @@ let wsBase = null;
 
 let state = freshState();
 const messageNodes = new Map(); // render key -> <li>, for the open conversation
-const membersPanel = createMembersPanel(ui.membersPanel, { onAction: runMemberAction });
+// Typing and presence (CONTRACT section 8): see signals.js.
+const signals = createSignals({
+  me: () => session.username,
+  openId: () => state.openId,
+  send: (frame) => socket.send(frame), // the socket is created below
+  fetchPresence: (userIds) => api.presence(userIds),
+  indicator: $("typing-indicator"),
+  input: ui.composerInput,
+  composer: ui.composer,
+});
+const membersPanel = createMembersPanel(ui.membersPanel, { onAction: runMemberAction, presenceDot: signals.dot });
 let membersPanelOpen = false; // stays as the person left it when they switch conversations
 
 function freshState() {
@@ -213,6 +225,7 @@ async function refreshConversations() {
   const open = state.conversations.get(state.openId);
   if (open && isUnread(open)) markRead(state.openId);
   renderConversationList();
+  signals.refreshPresence(); // pushes may have been missed before this list (sign-in, reconnect)
   if (state.openId && !open) loadDetails(state.openId); // not in our list: still ours? (404 closes it)
   if (state.openId) renderConversationHeader();
 }
@@ -267,7 +280,7 @@ function conversationItem(row) {
       "data-unread": badge,
       "aria-current": row.conversationId === state.openId ? "true" : null,
     },
-    h("span", { class: "avatar", "aria-hidden": "true" }, initials(displayName(row))),
+    h("span", { class: "avatar", "aria-hidden": "true" }, initials(displayName(row)), row.isGroup ? null : signals.dot(row.participantId)),
     h(
       "span",
       { class: "item-main" },
@@ -321,6 +334,7 @@ async function openConversation(conversationId) {
   setRoute(conversationId);
   if (state.openId === conversationId) return;
   state.openId = conversationId;
+  signals.switchedTo(conversationId);
   const generation = ++state.openGeneration;
   state.messages = [];
   state.known = new Set();
@@ -360,6 +374,7 @@ async function openConversation(conversationId) {
 /** `replace`: the URL forgets the conversation without a history entry (signed out, removed from it). */
 function closeConversation({ replace = false } = {}) {
   state.openId = null;
+  signals.switchedTo(null);
   state.openGeneration += 1;
   state.messages = [];
   state.known = new Set();
@@ -777,6 +792,8 @@ const frameHandlers = {
   "conversation-created": onConversationCreated,
   "participants-updated": onParticipantsUpdated,
   "conversation-updated": onConversationUpdated,
+  typing: signals.onTyping,
+  presence: signals.onPresence,
   error: onErrorFrame,
 };
 
@@ -790,6 +807,7 @@ function onNewMessage(frame) {
   if (!messageId || !conversationId) return;
   const mine = senderId === session.username;
   state.listChanges += 1;
+  signals.messageFrom(conversationId, senderId); // their message ends their typing
 
   settlePending(frame);
 

@@ -33,7 +33,8 @@ function mayRemove(allowed, me, target) {
   return allowed.removeOthers && target.userId !== me && target.role !== "owner";
 }
 
-export function createMembersPanel(root, { onAction }) {
+// presenceDot(userId) -> Node | null (optional): the member's online dot, kept current by its maker.
+export function createMembersPanel(root, { onAction, presenceDot = () => null }) {
   const error = h("p", { class: "form-error", "data-testid": "members-error", role: "alert" });
   const renameInput = h("input", {
     "data-testid": "rename-input",
@@ -128,6 +129,7 @@ export function createMembersPanel(root, { onAction }) {
     return h(
       "li",
       { class: "member", "data-testid": "member", "data-user-id": member.userId, "data-role": member.role },
+      presenceDot(member.userId),
       h("span", { class: "member-name", "data-testid": "member-name" }, member.userId === me ? `${member.userId} (you)` : member.userId),
       view.isGroup ? h("span", { class: "member-role", "data-testid": "member-role" }, ROLE_LABELS[member.role] ?? member.role) : null,
       h("span", { class: "member-actions" }, ...actions),
