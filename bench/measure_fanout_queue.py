@@ -4,8 +4,10 @@ part of a shard.
 
 The queue is local/queue.py's ``LocalQueue`` (SQS's visibility, receive-count and redrive rules, with a
 dead-letter queue) registered as ``FANOUT_QUEUE_URL=local:<name>``, drained by ``LocalQueueWorker`` calling the
-app's real ``app.fanout_worker`` with SQS-shaped events (batch size 10, as app.py declares, one poller: one
-concurrent invocation, as ``make dev`` runs it). The endpoint is bench/recording_endpoint.py in its own process:
+app's real ``app.fanout_worker`` with SQS-shaped events (batch size 10, as app.py declares), with one poller
+(one invocation at a time, as ``make dev`` runs it) and, in alternating runs, five (app.py's
+``maximum_concurrency``; in one process they share the app's push thread pool and the GIL, unlike Lambdas).
+The endpoint is bench/recording_endpoint.py in its own process:
 it records each connection's pushes and the time of the last one.
 
 The group has 10,000 members, each with one connection: the sender's through the app's ``$connect``, the other
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from local.queue import LocalQueue, LocalQueueWorker
 CONNECTIONS = 10_000
 PUSH_DELAY_S = 0.02
 RUNS = 3
+POLLERS = (1, 5)
 FAILED_SHARD = 2
 FAILED_CONNECTIONS = 50
 WAIT_S = 120.0
@@ -53,12 +55,17 @@ class Invocations:
     def __init__(self) -> None:
         self.calls = 0
         self.failed_shards = 0
+        self.busy_s = 0.0
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
         import app as chat_app
 
         self.calls += 1
-        answer = chat_app.fanout_worker(event, context)
+        started = time.perf_counter()
+        try:
+            answer = chat_app.fanout_worker(event, context)
+        finally:
+            self.busy_s += time.perf_counter() - started
         self.failed_shards += len(answer.get("batchItemFailures") or []) if isinstance(answer, dict) else 0
         return answer
 
@@ -85,6 +92,25 @@ def _outcome(stats: dict[str, Any], started: float, sender_connection: str) -> d
         "rejected_pushes": stats["failed"],
         "sender_echoed": counts.get(sender_connection, 0) == 1,
     }
+
+
+def _timed_send(
+    ctx: BenchContext, endpoint: RecordingEndpoint, handler: Invocations, sender: str, group: str
+) -> dict[str, Any]:
+    """One message to the group, timed to the endpoint's last push, with where the time went."""
+    endpoint.reset()
+    calls, busy, cpu, endpoint_cpu = handler.calls, handler.busy_s, time.process_time(), endpoint.stats()["cpu_s"]
+    started = time.time()
+    send_frame(sender, _send(group))
+    stats = _wait_for(endpoint, CONNECTIONS, WAIT_S)
+    outcome = _outcome(stats, started, sender)
+    outcome["invocations"] = handler.calls - calls
+    # Where the time goes: the worker's invocations (summed), and each process's CPU.
+    outcome["worker_busy_ms"] = (handler.busy_s - busy) * 1000
+    outcome["bench_process_cpu_ms"] = (time.process_time() - cpu) * 1000
+    outcome["endpoint_process_cpu_ms"] = (stats["cpu_s"] - endpoint_cpu) * 1000
+    outcome["load"] = os.getloadavg()[0]
+    return outcome
 
 
 def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
@@ -136,27 +162,29 @@ def _run(
     handler = Invocations()
     worker = LocalQueueWorker(queue, handler, batch_size=10, timeout_s=60)
 
-    runs: list[dict[str, Any]] = []
-    worker.start()
-    try:
-        for _ in range(RUNS):
-            time.sleep(1.0)  # the budget refills (its burst) between runs, as between two big messages
-            endpoint.reset()
-            calls = handler.calls
-            started = time.time()
-            send_frame(sender, _send(group))
-            outcome = _outcome(_wait_for(endpoint, CONNECTIONS, WAIT_S), started, sender)
-            outcome["invocations"] = handler.calls - calls
-            runs.append(outcome)
+    runs: dict[int, list[dict[str, Any]]] = {count: [] for count in POLLERS}
+    for _ in range(RUNS):
+        for count in POLLERS:  # interleaved: one poller (make dev), then as many as app.py's maximum_concurrency
+            pollers = [LocalQueueWorker(queue, handler, batch_size=10, timeout_s=60) for _ in range(count)]
+            for poller in pollers:
+                poller.start()
+            try:
+                time.sleep(1.0)  # the budget refills (its burst) between runs, as between two big messages
+                outcome = _timed_send(ctx, endpoint, handler, sender, group)
+            finally:
+                for poller in pollers:
+                    poller.stop()
+            outcome["pollers"] = count
+            runs[count].append(outcome)
             log(
-                f"  {'queued fan-out, 10,000 connections':<34} {outcome['ms']:,.0f} ms to the last push;"
+                f"  {f'queued fan-out, {count} poller(s)':<34} {outcome['ms']:,.0f} ms to the last push;"
                 f" delivered {outcome['delivered']:,}, duplicates {outcome['duplicates']}, lost {outcome['lost']},"
                 f" first queued push {outcome['first_queued_push_ms']:,.0f} ms, {outcome['invocations']} invocations"
+                f" busy {outcome['worker_busy_ms']:,.0f} ms; CPU: bench {outcome['bench_process_cpu_ms']:,.0f} ms,"
+                f" endpoint {outcome['endpoint_process_cpu_ms']:,.0f} ms; load {outcome['load']:.1f}"
             )
-    finally:
-        worker.stop()
-    results["runs"] = runs
-    results["ms"] = statistics.median(run["ms"] for run in runs if run["ms"] is not None)
+    results["runs"] = runs[1]
+    results["runs 5 pollers"] = runs[POLLERS[-1]]
 
     # One invocation fails part of a shard.
     time.sleep(1.0)

@@ -8,7 +8,7 @@ prints ``ready <url>``, then answers one JSON line per command line on stdin:
 - ``fail <times> <connection id>...``: answer the next ``times`` pushes to each of these 503;
 - ``stats``: ``{"connections", "pushes", "max_per_connection", "failed", "first_at", "last_at", "counts",
   "times"}``: epoch seconds of the first and last delivered push (or null), and per connection its pushes and
-  the time of its first.
+  the time of its first; ``cpu_s``, the CPU seconds this process has used.
 
 A separate process keeps its request handling off the benchmark's GIL, as the real endpoint is off the Lambda's.
 """
@@ -76,6 +76,7 @@ class TimedSink:
                 "last_at": self.last_at,
                 "counts": dict(self.posts),
                 "times": dict(self.times),
+                "cpu_s": time.process_time(),
             }
 
     def info(self, connection_id: str) -> ConnectionInfo | None:
