@@ -944,3 +944,250 @@ def test_bob_sees_alice_go_offline_when_her_page_closes_and_online_when_it_reope
     expect(item_dot).to_have_attribute("data-online", "true")
     expect(panel_dot).to_have_attribute("data-online", "true")
     expect(item_dot).to_have_attribute("title", f"{alice_user} is online")
+
+
+# -- messages that live: edit, delete, react, reply, mention, and catching up on them (CONTRACT section 7) -------
+
+
+def stored_messages(server: LocalServer, user: str, conversation_id: str) -> list[dict[str, Any]]:
+    status, body = server.call(
+        "GET", f"/conversations/{conversation_id}/messages?limit=100&order=asc", server.token(user)
+    )
+    assert status == 200, body
+    return list(body)
+
+
+def message_id_of(server: LocalServer, user: str, conversation_id: str, content: str) -> str:
+    (found,) = [
+        item["messageId"] for item in stored_messages(server, user, conversation_id) if item["content"] == content
+    ]
+    return str(found)
+
+
+def by_id(page: Page, message_id: str) -> Locator:
+    return page.locator(f'[data-testid="message"][data-message-id="{message_id}"]')
+
+
+def open_menu(item: Locator) -> Locator:
+    """The message's actions menu, opened from its ⋯ button (shown on hover)."""
+    item.hover()
+    button = item.get_by_test_id("message-menu-button")
+    if button.get_attribute("aria-expanded") != "true":
+        button.click()
+    menu = item.get_by_test_id("message-menu")
+    expect(menu).to_be_visible()
+    return menu
+
+
+def menu_actions(menu: Locator) -> list[str]:
+    """The actions a menu offers, by test id (the quick emoji counted as one)."""
+    names = ["react-option", "reply-button", "edit-button", "delete-button"]
+    return [name for name in names if menu.get_by_test_id(name).count() > 0]
+
+
+def reaction(item: Locator, emoji: str) -> Locator:
+    return item.locator(f'[data-testid="reaction"][data-emoji="{emoji}"]')
+
+
+def change_as(server: LocalServer, user: str, *frames: dict[str, Any]) -> None:
+    """Edit / delete / react from a plain WebSocket client, each change confirmed by its push before the next."""
+    answers = {"edit-message": "message-updated", "delete-message": "message-deleted", "react": "reactions-updated"}
+    with server.socket(server.token(user)) as ws:
+        for change in frames:
+            ws.send(json.dumps(change))
+            while True:
+                pushed = json.loads(ws.recv(timeout=10))
+                if pushed.get("type") == "error":
+                    pytest.fail(f"{change} failed: {pushed}")
+                if pushed.get("type") == answers[change["action"]] and pushed.get("messageId") == change["messageId"]:
+                    break
+
+
+def test_two_people_edit_delete_react_reply_and_mention_live(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    group = group_as(server, alice_user, "Dinner", bob_user, new_user("carol"))
+    direct = server.direct(server.token(alice_user), bob_user)
+    alice = sign_in(server, new_context(), alice_user)
+    bob = sign_in(server, new_context(), bob_user)
+    for page in (alice, bob):
+        conversation_item(page, group).click()
+        expect(page.get_by_test_id("conversation-title")).to_have_text("Dinner")
+    send(bob, "Dinner at 7?")
+    expect(message(bob, "Dinner at 7?")).to_have_attribute("data-state", "sent")
+    question_id = message_id_of(server, bob_user, group, "Dinner at 7?")
+    alice_question, bob_question = by_id(alice, question_id), by_id(bob, question_id)
+    expect(alice_question).to_be_visible()
+
+    # Each menu offers what the viewer may do: the owner may delete Bob's message but not edit it; Bob both.
+    assert menu_actions(open_menu(alice_question)) == ["react-option", "reply-button", "delete-button"]
+    assert menu_actions(open_menu(bob_question)) == ["react-option", "reply-button", "edit-button", "delete-button"]
+    bob.keyboard.press("Escape")
+    expect(bob_question.get_by_test_id("message-menu")).to_have_count(0)
+
+    # Alice reacts: both see the count, only hers is highlighted. Bob adds his and takes it back with the chip.
+    open_menu(alice_question).locator('[data-testid="react-option"][data-emoji="👍"]').click()
+    for item in (alice_question, bob_question):
+        expect(reaction(item, "👍")).to_have_attribute("data-count", "1")
+    expect(reaction(alice_question, "👍")).to_have_attribute("aria-pressed", "true")
+    expect(reaction(bob_question, "👍")).to_have_attribute("aria-pressed", "false")
+    reaction(bob_question, "👍").click()
+    for item in (alice_question, bob_question):
+        expect(reaction(item, "👍")).to_have_attribute("data-count", "2")
+    expect(reaction(bob_question, "👍")).to_have_attribute("aria-pressed", "true")
+    reaction(bob_question, "👍").click()
+    for item in (alice_question, bob_question):
+        expect(reaction(item, "👍")).to_have_attribute("data-count", "1")
+    expect(reaction(bob_question, "👍")).to_have_attribute("aria-pressed", "false")
+
+    # Alice replies: the quote shows above her reply at both; clicking it brings the original into view.
+    open_menu(alice_question).get_by_test_id("reply-button").click()
+    expect(alice.get_by_test_id("composer-context")).to_have_attribute("data-mode", "reply")
+    send(alice, "Yes, 7 works")
+    expect(alice.get_by_test_id("composer-context")).to_be_hidden()
+    for page in (alice, bob):
+        quote = message(page, "Yes, 7 works").get_by_test_id("reply-quote")
+        expect(quote).to_have_attribute("data-reply-to", question_id)
+        expect(quote.get_by_test_id("reply-quote-content")).to_have_text("Dinner at 7?")
+    expect(message(alice, "Yes, 7 works").get_by_test_id("reply-quote-sender")).to_have_text(bob_user)
+    expect(message(bob, "Yes, 7 works").get_by_test_id("reply-quote-sender")).to_have_text("You")
+    message(bob, "Yes, 7 works").get_by_test_id("reply-quote").click()
+    expect(bob_question).to_have_class(re.compile(r"\bflash\b"))
+    expect(bob_question).to_be_in_viewport()
+
+    # Bob edits his question in the composer: the new text, marked edited, everywhere, and in the quote too.
+    open_menu(bob_question).get_by_test_id("edit-button").click()
+    expect(bob.get_by_test_id("composer-context")).to_have_attribute("data-mode", "edit")
+    expect(bob.get_by_test_id("composer-input")).to_have_value("Dinner at 7?")
+    send(bob, "Dinner at 8?")
+    for page, item in ((alice, alice_question), (bob, bob_question)):
+        expect(item.get_by_test_id("message-content")).to_have_text("Dinner at 8?")
+        expect(item.get_by_test_id("message-edited")).to_be_visible()
+        expect(message(page, "Yes, 7 works").get_by_test_id("reply-quote-content")).to_have_text("Dinner at 8?")
+    assert contents(bob) == ["Dinner at 8?", "Yes, 7 works"]
+
+    # A reload shows the same from REST, Alice's own reaction still highlighted (myReactions).
+    alice.reload()
+    expect(alice_question.get_by_test_id("message-content")).to_have_text("Dinner at 8?")
+    expect(alice_question.get_by_test_id("message-edited")).to_be_visible()
+    expect(reaction(alice_question, "👍")).to_have_attribute("aria-pressed", "true")
+    expect(message(alice, "Yes, 7 works").get_by_test_id("reply-quote-content")).to_have_text("Dinner at 8?")
+
+    # The owner deletes Bob's question (confirming first): a tombstone at both, its reply says so.
+    open_menu(alice_question).get_by_test_id("delete-button").click()
+    alice_question.get_by_test_id("delete-confirm-button").click()
+    for page, item in ((alice, alice_question), (bob, bob_question)):
+        expect(item).to_have_attribute("data-deleted", "true")
+        expect(item.get_by_test_id("message-deleted")).to_have_text("Message deleted")
+        expect(item.get_by_test_id("message-content")).to_have_count(0)
+        expect(item.get_by_test_id("reaction")).to_have_count(0)
+        expect(item.get_by_test_id("message-menu-button")).to_have_count(0)  # nothing more to do to it
+        expect(message(page, "Yes, 7 works").get_by_test_id("reply-quote-content")).to_have_text("Message deleted")
+    # Bob, a member, may not delete Alice's reply; he deletes his own latest message, and both lists say so.
+    assert menu_actions(open_menu(message(bob, "Yes, 7 works"))) == ["react-option", "reply-button"]
+    bob.keyboard.press("Escape")
+    send(bob, "Oops, wrong group")
+    expect(message(alice, "Oops, wrong group")).to_be_visible()
+    oops = message(bob, "Oops, wrong group")
+    open_menu(oops).get_by_test_id("delete-button").click()
+    oops.get_by_test_id("delete-confirm-button").click()
+    for page in (alice, bob):
+        expect(messages(page).filter(has=page.get_by_test_id("message-deleted"))).to_have_count(2)
+        expect(conversation_item(page, group).get_by_test_id("conversation-preview")).to_have_text("Message deleted")
+    stored = stored_messages(server, alice_user, group)
+    assert [(item["content"], bool(item["deletedAt"])) for item in stored] == [
+        ("", True),
+        ("Yes, 7 works", False),
+        ("", True),
+    ]
+
+    # A mention of Bob while he looks elsewhere: highlighted in the message, marked in his list until he reads it.
+    conversation_item(bob, direct).click()
+    expect(bob.get_by_test_id("conversation-title")).to_have_text(alice_user)
+    send(alice, f"@{bob_user} bring dessert, and @nobody-else too")
+    mentioned = message(alice, f"@{bob_user} bring dessert, and @nobody-else too")
+    expect(mentioned.get_by_test_id("mention")).to_have_count(1)  # only members are mentions
+    expect(mentioned.get_by_test_id("mention")).to_have_text(f"@{bob_user}")
+    bob_item = conversation_item(bob, group)
+    expect(bob_item.get_by_test_id("mention-badge")).to_be_visible()
+    expect(bob_item.get_by_test_id("unread-badge")).to_have_text("1")
+    expect(conversation_item(alice, group).get_by_test_id("mention-badge")).to_have_count(0)
+    bob.reload()  # the list's unreadMentionCount says so too
+    expect(bob_item.get_by_test_id("mention-badge")).to_be_visible()
+    bob_item.click()
+    bob_mentioned = messages(bob).filter(has=bob.get_by_test_id("mention"))
+    expect(bob_mentioned.get_by_test_id("mention")).to_have_attribute("data-user-id", bob_user)
+    expect(bob_mentioned).to_have_class(re.compile(r"\bmentions-me\b"))
+    expect(bob_item.get_by_test_id("mention-badge")).to_have_count(0)
+    assert stored_messages(server, bob_user, group)[-1]["mentions"] == [bob_user]
+
+
+def test_a_reconnect_catches_up_edits_deletions_and_reactions_through_the_change_feed(
+    server: LocalServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    """While Alice is offline Bob edits and deletes older messages, reacts, and sends more than a page of new
+    ones: after the reconnect her client asks the change feed after the highest changeSeq it had seen, page by
+    page, and ends where the server is."""
+    alice_user, bob_user = new_user("alice"), new_user("bob")
+    conversation_id = server.direct(server.token(bob_user), alice_user)
+    send_as(server, bob_user, conversation_id, "Plan A", "Plan B", "Plan C")
+    context = new_context()
+    network = SocketGate(context)
+    feed_requests: list[str] = []
+    context.on("request", lambda request: feed_requests.append(request.url) if "/changes?" in request.url else None)
+    alice = sign_in(server, context, alice_user)
+    conversation_item(alice, conversation_id).click()
+    expect(messages(alice)).to_have_count(3)
+    seen_up_to = max(item["changeSeq"] for item in stored_messages(server, alice_user, conversation_id))
+    ids = {text: message_id_of(server, bob_user, conversation_id, text) for text in ("Plan A", "Plan B", "Plan C")}
+    status = alice.get_by_test_id("connection-status")
+
+    network.down = True
+    drop_sockets(server, alice_user)
+    expect(status).to_have_attribute("data-state", "offline")
+    missed = [f"Missed {n:03d}" for n in range(1, 102)]
+    send_as(server, bob_user, conversation_id, *missed)
+    base = {"conversationId": conversation_id}
+    change_as(
+        server,
+        bob_user,
+        {"action": "edit-message", **base, "messageId": ids["Plan A"], "content": "Plan A, revised"},
+        {"action": "delete-message", **base, "messageId": ids["Plan B"]},
+        {"action": "react", **base, "messageId": ids["Plan C"], "emoji": "🎉", "add": True},
+    )
+    expect(by_id(alice, ids["Plan A"]).get_by_test_id("message-content")).to_have_text("Plan A")  # not yet
+    assert feed_requests == []
+
+    network.down = False
+    status.click(force=True)
+    expect(status).to_have_attribute("data-state", "online")
+    expect(by_id(alice, ids["Plan A"]).get_by_test_id("message-content")).to_have_text("Plan A, revised")
+    expect(by_id(alice, ids["Plan A"]).get_by_test_id("message-edited")).to_be_visible()
+    expect(by_id(alice, ids["Plan B"])).to_have_attribute("data-deleted", "true")
+    expect(reaction(by_id(alice, ids["Plan C"]), "🎉")).to_have_attribute("data-count", "1")
+    expect(reaction(by_id(alice, ids["Plan C"]), "🎉")).to_have_attribute("aria-pressed", "false")
+    expect(message(alice, "Missed 101")).to_be_visible()
+    assert contents(alice) == ["Plan A, revised", "Plan C", *missed]
+    expect(conversation_item(alice, conversation_id).get_by_test_id("conversation-preview")).to_have_text("Missed 101")
+
+    # Two pages of the feed, the first after what she had seen; no history page by messageId.
+    afters = [int(re.search(r"[?&]after=(\d+)", url).group(1)) for url in feed_requests]  # type: ignore[union-attr]
+    assert len(afters) == 2 and afters[0] == seen_up_to, feed_requests
+    assert afters[1] > afters[0]
+    status_code, feed = server.call(
+        "GET", f"/conversations/{conversation_id}/changes?after=0&limit=500", server.token(alice_user)
+    )
+    assert status_code == 200, feed
+    in_order = sorted(feed["changes"], key=lambda item: int(item["position"]))
+    shown = [item.get_attribute("data-message-id") for item in messages(alice).all()]
+    assert shown == [item["messageId"] for item in in_order]  # every message once, in the server's order
+
+    # Live again: the next edit arrives by push and keeps the reaction counts it does not carry.
+    change_as(
+        server,
+        bob_user,
+        {"action": "edit-message", **base, "messageId": ids["Plan C"], "content": "Plan C, final"},
+    )
+    expect(by_id(alice, ids["Plan C"]).get_by_test_id("message-content")).to_have_text("Plan C, final")
+    expect(reaction(by_id(alice, ids["Plan C"]), "🎉")).to_have_attribute("data-count", "1")

@@ -91,6 +91,8 @@ export function createApi(session) {
     /** params: {limit, before} (newest first) or {limit, after} (oldest first). */
     listMessages: (conversationId, params) =>
       call("GET", `/conversations/${encodeURIComponent(conversationId)}/messages${query(params)}`),
+    /** params: {after (changeSeq), limit}: {changes: [messages in their current state], next}. */
+    listChanges: (conversationId, params) => call("GET", `${conversationPath(conversationId)}/changes${query(params)}`),
     listParticipants: (conversationId) =>
       call("GET", `/conversations/${encodeURIComponent(conversationId)}/participants`),
     /** The conversation object with `members` [{userId, role, joinedAt}] and `reads` (read positions). */

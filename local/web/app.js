@@ -5,6 +5,7 @@
  *   dom.js     element builder, time formatting
  *   message-view.js   one message on screen (renderMessage) and where read receipts go
  *   members-panel.js  the open conversation's members and the changes the viewer's role allows
+ *   lifecycle.js      edits, deletions, reactions, replies, mentions, the change feed (versions decide)
  *   signals.js        typing indicator (typing-indicator) and online dots (presence-dot, data-online)
  *   app.js     state, server frames, routing (#/c/<conversationId>) and the rest of the rendering (this file)
  *
@@ -32,11 +33,21 @@
  *                            message-sender (groups), message-content, message-time,
  *                            retry-button (failed only), read-receipt ("Read" / "Read by bob", on the newest
  *                            own message each reader has read)
+ *                            lifecycle (lifecycle.js, message-view.js): data-deleted="true" and message-deleted
+ *                            (a tombstone, no message-content), message-edited, mention (data-user-id),
+ *                            reply-quote (data-reply-to; reply-quote-sender, reply-quote-content), reactions >
+ *                            reaction (data-emoji, data-count, aria-pressed when ours), message-menu-button >
+ *                            message-menu (react-option data-emoji, reply-button, edit-button, delete-button,
+ *                            then delete-confirm-button / menu-cancel-button): only what the viewer may do
+ *   composer-context         above the composer while replying or editing (data-mode = reply | edit;
+ *                            composer-context-text, composer-context-cancel)
+ *   mention-badge            in a conversation-item with unread mentions of us
  *   composer-input, send-button
  *   error-toast              transient notices (WebSocket error frames, failed requests)
  */
 import { createApi, mintToken, websocketUrl } from "./api.js";
 import { formatTime, h, initials, splitNames } from "./dom.js";
+import { createLifecycle } from "./lifecycle.js";
 import { createMembersPanel } from "./members-panel.js";
 import { receiptPlaces, renderMessage } from "./message-view.js";
 import { createSignals } from "./signals.js";
@@ -104,6 +115,20 @@ const signals = createSignals({
 });
 const membersPanel = createMembersPanel(ui.membersPanel, { onAction: runMemberAction, presenceDot: signals.dot });
 let membersPanelOpen = false; // stays as the person left it when they switch conversations
+// Edits, deletions, reactions, replies, mentions and the change feed (CONTRACT section 7): see lifecycle.js.
+const lifecycle = createLifecycle({
+  getState: () => state,
+  me: () => session.username,
+  socket: { send: (frame) => socket.send(frame) }, // the socket is created below
+  api,
+  notify,
+  renderMessages: () => renderMessages(),
+  renderList: () => renderConversationList(),
+  list: ui.messageList,
+  composer: ui.composer,
+  composerInput: ui.composerInput,
+  autosize,
+});
 
 function freshState() {
   return {
@@ -266,7 +291,9 @@ function renderConversationList() {
 
 function conversationItem(row) {
   const badge = badgeText(row);
-  const preview = row.latestContent
+  const preview = row.latestDeleted
+    ? "Message deleted"
+    : row.latestContent
     ? (row.senderId === session.username ? "You: " : row.isGroup && row.senderId ? `${row.senderId}: ` : "") +
       row.latestContent
     : "No messages yet";
@@ -295,6 +322,9 @@ function conversationItem(row) {
         { class: "item-bottom" },
         h("span", { class: "item-preview", "data-testid": "conversation-preview" }, preview),
         row.muted ? h("span", { class: "muted-icon", "data-testid": "muted-icon", title: "Muted" }, "🔕") : null,
+        row.unreadMentionCount > 0
+          ? h("span", { class: "mention-badge", "data-testid": "mention-badge", title: "You were mentioned" }, "@")
+          : null,
         badge ? h("span", { class: "badge", "data-testid": "unread-badge" }, badge) : null,
       ),
     ),
@@ -342,6 +372,7 @@ async function openConversation(conversationId) {
   state.loadingOlder = false;
   state.details = null;
   messageNodes.clear();
+  lifecycle.reset();
   ui.messageList.replaceChildren();
   ui.noConversation.hidden = true;
   ui.view.hidden = false;
@@ -380,6 +411,7 @@ function closeConversation({ replace = false } = {}) {
   state.known = new Set();
   state.details = null;
   messageNodes.clear();
+  lifecycle.reset();
   ui.messageList.replaceChildren();
   ui.view.hidden = true;
   ui.noConversation.hidden = false;
@@ -593,7 +625,10 @@ function addMessages(messages) {
   for (const message of messages) {
     if (!message || !message.messageId) continue;
     settlePending(message);
-    if (state.known.has(message.messageId)) continue;
+    if (state.known.has(message.messageId)) {
+      lifecycle.merge(message); // a newer version (edited, deleted, reacted to) replaces the one we hold
+      continue;
+    }
     state.known.add(message.messageId);
     let index = state.messages.length;
     while (index > 0 && sortsAfter(state.messages[index - 1], message)) index -= 1;
@@ -653,14 +688,22 @@ async function catchUp() {
   if (!id) return;
   const generation = state.openGeneration;
   let added = 0;
+  let changed = 0;
   try {
     const newest = state.messages.at(-1);
-    if (!newest) {
+    // The change feed (new messages, edits, deletions, reactions since our highest changeSeq), page by page.
+    const feed = newest ? await lifecycle.changesSince(id, () => generation !== state.openGeneration) : null;
+    if (feed?.stale) return;
+    if (feed) {
+      added += addMessages(feed.fresh);
+      changed = feed.changed;
+    } else if (!newest) {
       const page = await api.listMessages(id, { limit: PAGE_SIZE });
       if (generation !== state.openGeneration) return;
       added += addMessages(page);
       if (state.messages.length >= PAGE_SIZE) state.hasOlder = true;
     } else {
+      // A server without the change feed's changeSeq: new messages only.
       let after = newest.messageId;
       for (;;) {
         const page = await api.listMessages(id, { after, limit: CATCH_UP_PAGE });
@@ -677,6 +720,8 @@ async function catchUp() {
   if (added) {
     renderMessages();
     markRead(id);
+  } else if (changed) {
+    renderMessages(); // edits, deletions, reactions: nothing new to read
   }
 }
 
@@ -686,6 +731,7 @@ function sendMessage(event) {
   event.preventDefault();
   const content = ui.composerInput.value.trim();
   if (!content || !state.openId) return;
+  if (lifecycle.submitEdit(content)) return; // the composer was editing one of ours: an edit-message frame
   const message = {
     tempMessageId: newTempId(),
     conversationId: state.openId,
@@ -696,6 +742,7 @@ function sendMessage(event) {
     error: "",
     timer: null,
     inFlight: false, // handed to a socket: the server may have stored it even if no echo came back
+    ...lifecycle.takeReply(content), // replyTo (the quoted message) and mentions (@userId of members)
   };
   state.pending.set(message.tempMessageId, message);
   ui.composerInput.value = "";
@@ -712,6 +759,7 @@ function transmit(message) {
     tempMessageId: message.tempMessageId,
     conversationId: message.conversationId,
     content: message.content,
+    ...lifecycle.sendFields(message),
   });
   message.state = sent ? "sending" : "failed";
   message.inFlight ||= sent; // once handed over, it may be stored, whatever later attempts do
@@ -770,6 +818,7 @@ function showAsRead(conversationId) {
   if (row) {
     row.isRead = true;
     if (typeof row.unreadCount === "number") row.unreadCount = 0;
+    row.unreadMentionCount = 0; // a read resets it (CONTRACT section 7)
   }
   renderConversationList();
 }
@@ -792,6 +841,7 @@ const frameHandlers = {
   "conversation-created": onConversationCreated,
   "participants-updated": onParticipantsUpdated,
   "conversation-updated": onConversationUpdated,
+  ...lifecycle.frameHandlers, // message-updated, message-deleted, reactions-updated
   typing: signals.onTyping,
   presence: signals.onPresence,
   error: onErrorFrame,
@@ -819,17 +869,19 @@ function onNewMessage(frame) {
   } else if (firstSighting) {
     if (String(sentAt) >= String(row.sentAt ?? "")) {
       Object.assign(row, { latestContent: content, senderId, sentAt, latestMessageId: messageId });
+      row.latestDeleted = Boolean(frame.deletedAt); // the echo of a deleted message's retried send
     }
     if (mine) {
       row.isRead = true;
     } else if (conversationId !== state.openId) {
       row.isRead = false;
       if (typeof row.unreadCount === "number") row.unreadCount += 1;
+      if (lifecycle.mentionsMe(frame)) row.unreadMentionCount = (row.unreadMentionCount ?? 0) + 1;
     }
   }
 
   if (conversationId === state.openId) {
-    const message = { messageId, conversationId, senderId, content, sentAt, position };
+    const message = { messageId, conversationId, senderId, content, sentAt, position, ...lifecycle.fields(frame) };
     if (tempMessageId) message.tempMessageId = tempMessageId;
     addMessages([message]);
     renderMessages({ toBottom: mine });
@@ -965,7 +1017,12 @@ function renderMessages({ toBottom = false } = {}) {
       node = document.createElement("li");
       messageNodes.set(key, node);
     }
-    renderMessage(node, message, { me: session.username, isGroup, readBy: receipts.get(index) ?? [] });
+    renderMessage(node, message, {
+      me: session.username,
+      isGroup,
+      readBy: receipts.get(index) ?? [],
+      ...lifecycle.viewContext(message), // our role (who may delete what) and this message's menu
+    });
     if (node === cursor) cursor = cursor.nextSibling;
     else ui.messageList.insertBefore(node, cursor);
   });
