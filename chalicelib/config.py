@@ -109,6 +109,8 @@ class Settings:
     # Every REST write (POST, PATCH, PUT, DELETE) also takes from this bucket.
     rest_write_rate_per_minute: float = 120.0
     rest_write_burst: int = 30
+    # A push answered 410 this soon after the connection's $connect keeps it (still connecting); 0: never.
+    connect_grace_s: float = 10.0
     # Above this many members a read's receipt reaches only the reader's own connections.
     receipts_max_members: int = 100
     # Live signals (chalicelib/signals.py): no typing fan-out above this many members; the typing
@@ -221,6 +223,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 65536),
         cursor_secret=env.get("CURSOR_SECRET", ""),
         receipts_max_members=_int(env, "RECEIPTS_MAX_MEMBERS", 100),
+        connect_grace_s=_float(env, "CONNECT_GRACE_SECONDS", 10.0),
         typing_max_members=_int(env, "TYPING_MAX_MEMBERS", 100),
         typing_members_ttl_s=_int(env, "TYPING_MEMBERS_TTL_SECONDS", 300),
         presence_sweep_max_users=_int(env, "PRESENCE_SWEEP_MAX_USERS", 5000),

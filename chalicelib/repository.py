@@ -229,6 +229,11 @@ class ChatRepository:
         row = self._db.optional("connection_user", connection_id=connection_id, max_age_s=MAX_CONNECTION_AGE_S)
         return str(row["user_id"]) if row else None
 
+    def connection_opened_within(self, connection_id: str, seconds: float) -> bool:
+        """Whether the connection was recorded less than ``seconds`` ago."""
+        row = self._db.optional("connection_opened_within", connection_id=connection_id, seconds=seconds)
+        return bool(row and row["recent"])
+
     def delete_connection(self, connection_id: str) -> None:
         self._db.execute("delete_connection", connection_id=connection_id)
 

@@ -439,6 +439,20 @@ class ChatService:
         if user is not None:
             self._presence_changed(user, online=False, endpoint=endpoint)
 
+    def gone(self, connection_id: str) -> None:
+        """A push met 410 Gone: forget the connection, unless it opened moments ago.
+
+        API Gateway answers 410 for a connection whose ``$connect`` has not returned yet, and the registry
+        already lists it then (a peer's presence push, a message fanned out at that instant): forgetting it
+        would leave an open socket nobody pushes to. A connection younger than CONNECT_GRACE_SECONDS is
+        kept; a dead one among those expires with its registry entries.
+        """
+        grace = self._settings.connect_grace_s
+        if grace > 0 and self._repo.connection_opened_within(connection_id, grace):
+            log.info("push met 410 for a connection still opening; kept")
+            return
+        self.disconnect(connection_id)
+
     def handle_frame(self, connection_id: str, body: str | None, endpoint: str) -> PushReport:
         """Route one client frame; every problem becomes an ``error`` frame to its sender."""
         pusher = self._pusher(endpoint)

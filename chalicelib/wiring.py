@@ -53,16 +53,16 @@ class _BuiltOnce(Generic[_P, _R]):
         self._cached.cache_clear()
 
 
-def _built_once(maxsize: int = 1) -> Callable[[Callable[_P, _R]], _BuiltOnce[_P, _R]]:
+def built_once(maxsize: int = 1) -> Callable[[Callable[_P, _R]], _BuiltOnce[_P, _R]]:
     return lambda factory: _BuiltOnce(factory, maxsize)
 
 
-@_built_once()
+@built_once()
 def get_database() -> Database:
     return Database(get_settings())
 
 
-@_built_once()
+@built_once()
 def get_redis() -> RedisClient:
     """The process's one Redis client (and pool), shared by the registry and the rate limiter.
 
@@ -94,7 +94,7 @@ def get_redis() -> RedisClient:
         ) from error
 
 
-@_built_once()
+@built_once()
 def get_registry() -> RedisRegistry:
     from chalicelib.registry import RedisRegistry
 
@@ -109,7 +109,7 @@ def get_registry() -> RedisRegistry:
     )
 
 
-@_built_once()
+@built_once()
 def get_rate_limiter() -> RateLimiter:
     """Per-user REST buckets; REST Lambdas load Redis only when they first take a token."""
     from chalicelib.limits import RateLimiter
@@ -117,14 +117,14 @@ def get_rate_limiter() -> RateLimiter:
     return RateLimiter(get_redis(), prefix=get_settings().redis_key_prefix)
 
 
-@_built_once()
+@built_once()
 def get_verifier() -> TokenVerifier:
     from chalicelib.auth import TokenVerifier
 
     return TokenVerifier(get_settings())
 
 
-@_built_once(maxsize=8)
+@built_once(maxsize=8)
 def get_connections_client(endpoint_url: str) -> ConnectionsClient:
     """The ``@connections`` client of one management endpoint (one per WebSocket API stage)."""
     from chalicelib.connections_http import SignedConnectionsClient
@@ -141,7 +141,7 @@ def get_connections_client(endpoint_url: str) -> ConnectionsClient:
     )
 
 
-@_built_once(maxsize=8)
+@built_once(maxsize=8)
 def get_pusher(endpoint_url: str) -> Pusher:
     """A pusher for one management endpoint, drawing from the account's push budget (the direct path)."""
     from chalicelib.budget import BudgetedPusher
@@ -150,7 +150,7 @@ def get_pusher(endpoint_url: str) -> Pusher:
     settings = get_settings()
     return BudgetedPusher(
         get_connections_client(endpoint_url),
-        on_gone=lambda connection_id: get_service().disconnect(connection_id),
+        on_gone=lambda connection_id: get_service().gone(connection_id),
         executor=shared_executor(settings.push_concurrency),
         deadline_s=settings.push_deadline_s,
         budget=get_push_budget(),
@@ -158,7 +158,7 @@ def get_pusher(endpoint_url: str) -> Pusher:
     )
 
 
-@_built_once(maxsize=8)
+@built_once(maxsize=8)
 def get_signal_pusher(endpoint_url: str) -> Pusher:
     """The pusher of typing and presence frames: the same budget, shed first (chalicelib/signals.py)."""
     from chalicelib.push import shared_executor
@@ -167,7 +167,7 @@ def get_signal_pusher(endpoint_url: str) -> Pusher:
     settings = get_settings()
     return SignalPusher(
         get_connections_client(endpoint_url),
-        on_gone=lambda connection_id: get_service().disconnect(connection_id),
+        on_gone=lambda connection_id: get_service().gone(connection_id),
         executor=shared_executor(settings.push_concurrency),
         deadline_s=settings.push_deadline_s,
         budget=get_push_budget(),
@@ -175,7 +175,7 @@ def get_signal_pusher(endpoint_url: str) -> Pusher:
     )
 
 
-@_built_once()
+@built_once()
 def get_signals() -> LiveSignals:
     """Typing and presence state, on the registry's Redis client."""
     from chalicelib.signals import LiveSignals
@@ -189,7 +189,7 @@ def get_signals() -> LiveSignals:
     )
 
 
-@_built_once()
+@built_once()
 def get_push_budget() -> PushBudget:
     """The account's push budget; Redis is reached on the first push only (and not at all when it is off)."""
     from chalicelib.budget import PushBudget
@@ -203,7 +203,7 @@ def get_push_budget() -> PushBudget:
     )
 
 
-@_built_once()
+@built_once()
 def get_fanout_queue() -> FanoutQueue | None:
     """The fan-out queue ``FANOUT_QUEUE_URL`` names, or None (every fan-out direct)."""
     from chalicelib.queue import queue_for_url
@@ -212,7 +212,7 @@ def get_fanout_queue() -> FanoutQueue | None:
     return queue_for_url(settings.fanout_queue_url, region=settings.aws_region) if settings.fanout_queue_url else None
 
 
-@_built_once()
+@built_once()
 def get_fanout_dispatcher() -> FanoutDispatcher:
     from chalicelib.fanout import FanoutDispatcher
 
@@ -222,7 +222,7 @@ def get_fanout_dispatcher() -> FanoutDispatcher:
     )
 
 
-@_built_once()
+@built_once()
 def get_fanout_worker() -> FanoutWorker:
     """The SQS handler's worker: shards in, pushes out (chalicelib/fanout.py)."""
     from chalicelib.fanout import DatabaseMembership, FanoutWorker
@@ -236,7 +236,7 @@ def get_fanout_worker() -> FanoutWorker:
         redis=get_redis,
         budget=get_push_budget,
         queue=get_fanout_queue,
-        on_gone=lambda connection_id: get_service().disconnect(connection_id),
+        on_gone=lambda connection_id: get_service().gone(connection_id),
         executor=shared_executor(settings.push_concurrency),
         prefix=settings.redis_key_prefix,
         push_deadline_s=settings.push_deadline_s,
@@ -246,7 +246,7 @@ def get_fanout_worker() -> FanoutWorker:
     )
 
 
-@_built_once()
+@built_once()
 def get_service() -> ChatService:
     return ChatService(
         get_settings(),

@@ -155,6 +155,8 @@ def app_environment(
         # And the account's push budget: tests/test_fanout_queue.py sets the one it checks.
         "PUSH_BUDGET_BURST": "1000000",
         "REST_WRITE_BURST": "100000",
+        # Test connections are all seconds old: a 410 must forget them at once (test_websocket checks the grace).
+        "CONNECT_GRACE_SECONDS": "0",
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }

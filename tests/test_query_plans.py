@@ -47,6 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "save_connection": {"connection_connected_at_idx", "connection_table_pkey"},
     "connection_user": {"connection_table_pkey"},
     "delete_connection": {"connection_table_pkey"},
+    "connection_opened_within": {"connection_table_pkey"},
     "current_members": {"participant_table_pkey|participant_role_idx"},
     # Groups (sql/0007, queries/members.sql)
     "lock_conversation": {
@@ -151,6 +152,7 @@ def parameters(sql: str, database: Database) -> dict[str, Any]:
         "message_ids": [str(message["message_id"])],
         "emoji": "👍",
         "add": True,
+        "seconds": 10.0,
     }
     names = set(re.findall(r"(?<![:\w]):([a-z_][a-z0-9_]*)", sql))
     unknown = names - values.keys()

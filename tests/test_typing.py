@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 import uuid
@@ -190,9 +189,7 @@ class CountingDatabase(Database):
 @pytest.fixture
 def count_statements(app_environment: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
     """The app built with a counting database; returns how many statements ran so far."""
-    monkeypatch.setattr(
-        wiring, "get_database", functools.lru_cache(maxsize=1)(lambda: CountingDatabase(get_settings()))
-    )
+    monkeypatch.setattr(wiring, "get_database", wiring.built_once()(lambda: CountingDatabase(get_settings())))
     wiring.reset()
     get_settings()  # pinned now: the test Client overlays .chalice/config.json's variables during its calls
     CountingDatabase.statements = 0

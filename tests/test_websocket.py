@@ -193,6 +193,28 @@ def test_gone_connection_is_unregistered_and_the_rest_still_get_the_message(
     assert get_registry().connections_for([bob])[bob] == [alive]
 
 
+def test_a_410_right_after_connect_keeps_the_connection(
+    rest: Rest, sockets: Sockets, sink: RecordingSink, configure: Any
+) -> None:
+    """API Gateway answers 410 until a connection's $connect returns, and the registry lists it before that:
+    a push meeting that 410 (a peer's presence, a message fanned out that instant) must not forget it."""
+    configure(CONNECT_GRACE_SECONDS="10")
+    alice, bob = new_user("alice"), new_user("bob")
+    conversation_id = rest.direct(alice, bob)
+    tab, opening = sockets.connect(alice), sockets.connect(bob)
+    sink.close(opening)  # not live at the endpoint yet: 410
+    sockets.message(tab, conversation_id, "while bob connects")
+    assert get_registry().connections_for([bob])[bob] == [opening]
+    sink.open(opening)  # $connect returned
+    later = sockets.message(tab, conversation_id, "now")
+    assert sockets.frames_of_type(opening, "new-message")[-1] == later
+    # An old connection's 410 still forgets it.
+    configure(CONNECT_GRACE_SECONDS="0")
+    sink.close(opening)
+    sockets.message(tab, conversation_id, "gone?")
+    assert get_registry().connections_for([bob])[bob] == []
+
+
 def test_failing_pushes_never_fail_a_stored_send(rest: Rest, sockets: Sockets, sink: RecordingSink) -> None:
     alice, bob = new_user("alice"), new_user("bob")
     conversation_id = rest.direct(alice, bob)

@@ -26,6 +26,12 @@ FROM connection_table
 WHERE connection_id = :connection_id
   AND connected_at > clock_timestamp() - CAST(:max_age_s AS integer) * interval '1 second';
 
+-- name: connection_opened_within
+-- Whether a connection was recorded less than :seconds ago (a 410 then may mean "still connecting").
+SELECT connected_at > clock_timestamp() - CAST(:seconds AS double precision) * interval '1 second' AS recent
+FROM connection_table
+WHERE connection_id = :connection_id;
+
 -- name: delete_connection
 -- Forget a connection ($disconnect, or a 410 from a push).
 -- Safe to re-run: deleting a deleted row changes nothing.
