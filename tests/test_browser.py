@@ -1061,6 +1061,8 @@ def test_two_people_edit_delete_react_reply_and_mention_live(
     expect(bob.get_by_test_id("composer-context")).to_have_attribute("data-mode", "edit")
     expect(bob.get_by_test_id("composer-input")).to_have_value("Dinner at 7?")
     send(bob, "Dinner at 8?")
+    # Typing the new text signalled "typing…"; the edit ends it at once (no new message does), not at its expiry.
+    expect(alice.get_by_test_id("typing-indicator")).to_be_hidden(timeout=3000)
     for page, item in ((alice, alice_question), (bob, bob_question)):
         expect(item.get_by_test_id("message-content")).to_have_text("Dinner at 8?")
         expect(item.get_by_test_id("message-edited")).to_be_visible()

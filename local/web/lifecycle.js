@@ -95,9 +95,9 @@ export function createLifecycle(deps) {
     const state = deps.getState();
     const row = state.conversations.get(frame.conversationId);
     if (!row) return;
-    state.listChanges += 1;
     if (typeof frame.changeSeq === "number" && frame.changeSeq > (row.changeSeq ?? 0)) row.changeSeq = frame.changeSeq;
-    if (row.latestMessageId !== frame.messageId) return;
+    if (row.latestMessageId !== frame.messageId || Object.keys(change).length === 0) return;
+    state.listChanges += 1; // a list answer already on its way may predate this (see refreshConversations)
     Object.assign(row, change);
     deps.renderList();
   }
@@ -321,7 +321,7 @@ export function createLifecycle(deps) {
     delete bar.dataset.mode;
     if (wasEdit) {
       deps.composerInput.value = "";
-      deps.autosize();
+      deps.composerInput.dispatchEvent(new Event("input")); // resized, and a typing signal under way ends
     }
   }
 
@@ -332,6 +332,9 @@ export function createLifecycle(deps) {
     if (content !== before) {
       const sent = sendOrSay({ action: "edit-message", conversationId, messageId, content });
       if (!sent) return true;
+      // An edit is no new message, so it does not end our "typing…" at the others as a send does (signals.js
+      // leaves that to the message); say so (the server forwards false only after a true it pushed).
+      socket.send({ action: "typing", conversationId, typing: false });
     }
     cancelComposing();
     return true;
