@@ -990,17 +990,36 @@ def reaction(item: Locator, emoji: str) -> Locator:
 
 
 def change_as(server: LocalServer, user: str, *frames: dict[str, Any]) -> None:
-    """Edit / delete / react from a plain WebSocket client, each change confirmed by its push before the next."""
-    answers = {"edit-message": "message-updated", "delete-message": "message-deleted", "react": "reactions-updated"}
+    """Send / edit / delete / react from one plain WebSocket client, each frame confirmed by its push before the
+    next (a send by the echo of its tempMessageId)."""
+    answers = {
+        "send-message": "new-message",
+        "edit-message": "message-updated",
+        "delete-message": "message-deleted",
+        "react": "reactions-updated",
+    }
     with server.socket(server.token(user)) as ws:
         for change in frames:
+            key = "tempMessageId" if change["action"] == "send-message" else "messageId"
             ws.send(json.dumps(change))
             while True:
                 pushed = json.loads(ws.recv(timeout=10))
                 if pushed.get("type") == "error":
                     pytest.fail(f"{change} failed: {pushed}")
-                if pushed.get("type") == answers[change["action"]] and pushed.get("messageId") == change["messageId"]:
+                if pushed.get("type") == answers[change["action"]] and pushed.get(key) == change[key]:
                     break
+
+
+class RecordingGate(SocketGate):
+    """A ``SocketGate`` that keeps each socket's page side, so a test can hand the page a frame of its own."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.page_sides: list[WebSocketRoute] = []
+        super().__init__(context)
+
+    def _route(self, socket: WebSocketRoute) -> None:
+        self.page_sides.append(socket)
+        super()._route(socket)
 
 
 def test_two_people_edit_delete_react_reply_and_mention_live(
@@ -1135,7 +1154,7 @@ def test_a_reconnect_catches_up_edits_deletions_and_reactions_through_the_change
     conversation_id = server.direct(server.token(bob_user), alice_user)
     send_as(server, bob_user, conversation_id, "Plan A", "Plan B", "Plan C")
     context = new_context()
-    network = SocketGate(context)
+    network = RecordingGate(context)
     feed_requests: list[str] = []
     context.on("request", lambda request: feed_requests.append(request.url) if "/changes?" in request.url else None)
     alice = sign_in(server, context, alice_user)
@@ -1149,11 +1168,11 @@ def test_a_reconnect_catches_up_edits_deletions_and_reactions_through_the_change
     drop_sockets(server, alice_user)
     expect(status).to_have_attribute("data-state", "offline")
     missed = [f"Missed {n:03d}" for n in range(1, 102)]
-    send_as(server, bob_user, conversation_id, *missed)
     base = {"conversationId": conversation_id}
     change_as(
         server,
         bob_user,
+        *({"action": "send-message", **base, "tempMessageId": uuid.uuid4().hex, "content": text} for text in missed),
         {"action": "edit-message", **base, "messageId": ids["Plan A"], "content": "Plan A, revised"},
         {"action": "delete-message", **base, "messageId": ids["Plan B"]},
         {"action": "react", **base, "messageId": ids["Plan C"], "emoji": "🎉", "add": True},
@@ -1193,3 +1212,21 @@ def test_a_reconnect_catches_up_edits_deletions_and_reactions_through_the_change
     )
     expect(by_id(alice, ids["Plan C"]).get_by_test_id("message-content")).to_have_text("Plan C, final")
     expect(reaction(by_id(alice, ids["Plan C"]), "🎉")).to_have_attribute("data-count", "1")
+
+    # An older version handed to the page afterwards (a late or replayed push) changes nothing: versions only grow.
+    stale = {
+        "type": "message-updated",
+        "conversationId": conversation_id,
+        "messageId": ids["Plan C"],
+        "senderId": bob_user,
+        "content": "Plan C, stale",
+        "sentAt": "2026-01-01T00:00:00.000Z",  # not looked at: the version decides
+        "editedAt": None,
+        "position": None,
+        "version": 1,
+        "changeSeq": 1,
+    }
+    network.page_sides[-1].send(json.dumps(stale))
+    change_as(server, bob_user, {"action": "react", **base, "messageId": ids["Plan A"], "emoji": "👍", "add": True})
+    expect(reaction(by_id(alice, ids["Plan A"]), "👍")).to_have_attribute("data-count", "1")  # after the stale one
+    expect(by_id(alice, ids["Plan C"]).get_by_test_id("message-content")).to_have_text("Plan C, final")
