@@ -287,7 +287,8 @@ class ChatService:
         users = parse_added_members(self._body(raw_body), self._settings)
         with self._repo.change_conversation(conversation_id, caller) as change:
             roles.may_add(change.conversation)
-            fresh = [user for user in users if user not in change.roles(users)]
+            members_already = change.roles(users)
+            fresh = [user for user in users if user not in members_already]
             if change.conversation.member_count + len(fresh) > self._settings.max_participants:
                 raise BadRequest(f"A conversation has at most {self._settings.max_participants} participants")
             added = change.add(fresh) if fresh else []

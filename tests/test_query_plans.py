@@ -48,13 +48,14 @@ EXPECTED: dict[str, set[str]] = {
     "connection_user": {"connection_table_pkey"},
     "delete_connection": {"connection_table_pkey"},
     "connection_opened_within": {"connection_table_pkey"},
-    "current_members": {"participant_table_pkey|participant_role_idx"},
+    "current_members": {"participant_table_pkey|participant_user_idx"},
     # Groups (sql/0007, queries/members.sql)
     "lock_conversation": {
         "conversation_table_pkey",
         "participant_table_pkey|participant_user_idx|participant_role_idx",
     },
-    "member_roles": {"participant_table_pkey|participant_user_idx|participant_role_idx"},
+    # One primary-key probe per listed user, never a filter over the whole group.
+    "member_roles": {"participant_table_pkey|participant_user_idx"},
     "insert_members": {"participant_table_pkey"},
     "delete_member": {"participant_table_pkey|participant_user_idx"},
     "owner_successor": {"participant_role_idx"},
