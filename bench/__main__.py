@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    measure_abuse,
     measure_e2e,
     measure_fanout_queue,
     measure_groups,
@@ -50,7 +51,20 @@ from chalicelib.config import get_settings
 from local.identity import LocalIdentityProvider
 from local.services import EmbeddedServices
 
-PHASES = ("rest", "ws", "groups", "members", "lifecycle", "signals", "fanout", "queued", "cluster", "import", "e2e")
+PHASES = (
+    "rest",
+    "ws",
+    "groups",
+    "members",
+    "lifecycle",
+    "signals",
+    "fanout",
+    "queued",
+    "cluster",
+    "abuse",
+    "import",
+    "e2e",
+)
 FANOUT_PUSH_DELAY_S = 0.02
 
 
@@ -133,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "queued" in phases:
                     log("queued fan-out (local queue, app.fanout_worker, 20 ms endpoint, the default push budget):")
                     stats["queued"] = measure_fanout_queue.run(ctx, log)
+                if "abuse" in phases:
+                    log("abuse (one user floods: a connect storm and a 10-connection burst; another sends):")
+                    stats["abuse"] = measure_abuse.run(ctx, log)
                 if "cluster" in phases:
                     log("registry on a 3-master Redis Cluster beside standalone Redis:")
                     stats["cluster"] = measure_registry_cluster.run(ctx, log)

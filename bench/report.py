@@ -45,6 +45,7 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
     signals: dict[str, Any] = stats.get("signals") or {}
     queued: dict[str, Any] = stats.get("queued") or {}
     cluster: dict[str, Any] = stats.get("cluster") or {}
+    abuse: dict[str, Any] = stats.get("abuse") or {}
 
     def of(section: dict[str, Any], name: str, q: int = 50) -> float | None:
         found: Stats | None = section.get(name)
@@ -156,6 +157,19 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             if budget and queued.get("runs")
             else None,
         },
+        "abuse": {
+            "victim_alone_p50_ms": of(abuse, "victim_quiet"),
+            "victim_alone_p99_ms": of(abuse, "victim_quiet", 99),
+            "victim_during_flood_p50_ms": of(abuse, "victim_flood"),
+            "victim_during_flood_p99_ms": of(abuse, "victim_flood", 99),
+            "flood_frames": abuse.get("flood_sends"),
+            "flood_stored": abuse.get("flood_stored"),
+            "flood_seconds": abuse.get("flood_seconds"),
+            "connects_tried": abuse.get("connects"),
+            "connects_refused": abuse.get("connects_refused"),
+        }
+        if abuse
+        else None,
         "registry_cluster": {
             name.replace(" ", "_"): {
                 "cluster_p50_ms": of(cluster, f"{name} cluster"),
@@ -203,6 +217,7 @@ _SECTION_PHASE = {
     "presence": "signals",
     "fanout_queued": "queued",
     "registry_cluster": "cluster",
+    "abuse": "abuse",
 }
 
 
@@ -391,6 +406,30 @@ def _later_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
                 f"cluster{_times(cluster, standalone)} standalone",
             )
         )
+    abuse = results.get("abuse") or {}
+    if abuse:
+        alone, flood = abuse.get("victim_alone_p50_ms"), abuse.get("victim_during_flood_p50_ms")
+        rows += [
+            ("another user's send while one user floods, p50 (vs alone)", flood, alone, f"flood{_times(flood, alone)}"),
+            (
+                "  the same, p99 (vs alone)",
+                abuse.get("victim_during_flood_p99_ms"),
+                abuse.get("victim_alone_p99_ms"),
+                "",
+            ),
+            (
+                "  flood frames / stored (20 burst + 10/s)",
+                f"{_fmt(abuse.get('flood_frames'))}/{_fmt(abuse.get('flood_stored'))}",
+                None,
+                "per user, any connections",
+            ),
+            (
+                "  connects tried / refused (10 per user)",
+                f"{_fmt(abuse.get('connects_tried'))}/{_fmt(abuse.get('connects_refused'))}",
+                None,
+                "",
+            ),
+        ]
     return rows
 
 
