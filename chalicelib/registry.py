@@ -155,6 +155,8 @@ return {1, allowed, wait}
 class ConnectionRegistry(Protocol):
     """What the chat service needs from a registry (Redis here; fakes in tests)."""
 
+    def check_capacity(self, user_id: str) -> None: ...
+
     def register(self, connection_id: str, user_id: str) -> None: ...
 
     def touch(self, connection_id: str, *, send: bool = False) -> str | None: ...
@@ -241,6 +243,25 @@ class RedisRegistry:
 
     def _conns_key(self, user_id: str) -> str:
         return user_key(self._prefix, user_id, "conns")
+
+    @unavailable_on_redis_error
+    def check_capacity(self, user_id: str) -> None:
+        """``TooManyRequests`` when the user already holds the cap of live connections: one read, so a
+        ``$connect`` past the cap is refused before anything is written. ``register`` still decides,
+        atomically, for connects that race to the last slot."""
+        if not self._max_connections:
+            return
+        now = self._clock()
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.zcount(self._conns_key(user_id), now, "+inf")
+        pipeline.zrangebyscore(self._conns_key(user_id), now, "+inf", start=0, num=1, withscores=True)
+        live, oldest = pipeline.execute()
+        if int(live) >= self._max_connections:
+            expires = float(oldest[0][1]) if oldest else now + self._ttl
+            raise TooManyRequests(
+                f"Too many open connections; close one (at most {self._max_connections} per user)",
+                retry_after_s=max(1.0, expires - now),
+            )
 
     @unavailable_on_redis_error
     def register(self, connection_id: str, user_id: str) -> None:

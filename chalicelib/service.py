@@ -40,6 +40,7 @@ from chalicelib.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    TooManyRequests,
     UnknownConnection,
 )
 from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
@@ -402,27 +403,26 @@ class ChatService:
         """Record a connection for the token's user; raises ``Unauthorized``, or ``TooManyRequests`` past
         MAX_CONNECTIONS_PER_USER.
 
-        The registry decides first, so a refused connect (a storm of them from one user) costs no SQL.
-        With Redis down the connection is still accepted and kept in the database only; its frames are
-        served in degraded mode.
+        A user already at the cap is refused on one registry read, before anything is written (a connect
+        storm costs no SQL). Otherwise the database row is written first, so that a push meeting 410
+        while ``$connect`` is still running finds it young and keeps it (``gone``), and so that with Redis
+        down the connection is still accepted, its frames served in degraded mode.
         """
         claims = self._verifier().verify(token)
         user: str = claims["cognito:username"]
-        registered = True
+        with contextlib.suppress(RegistryUnavailable):  # register() below says so, and degrades
+            self._registry().check_capacity(user)
+        self._repo.save_connection(connection_id, user)
         try:
             self._registry().register(connection_id, user)
+        except TooManyRequests:
+            # Lost the race for the last slot: refused (429), and its durable copy goes with it.
+            self._repo.delete_connection(connection_id)
+            raise
         except RegistryUnavailable as error:
             log.warning("registry unavailable at $connect (%s); connection kept in the database only", error)
-            registered = False
-        try:
-            self._repo.save_connection(connection_id, user)
-        except Exception:
-            if registered:  # refused as a whole: it must not hold one of the user's connection slots
-                with contextlib.suppress(RegistryUnavailable):
-                    self._registry().unregister(connection_id)
-            raise
-        if registered:
-            self._presence_changed(user, online=True, endpoint=endpoint)
+            return user
+        self._presence_changed(user, online=True, endpoint=endpoint)
         return user
 
     def disconnect(self, connection_id: str, endpoint: str | None = None) -> None:

@@ -10,9 +10,9 @@ WHERE c.conversation_id = :conversation_id
 FOR UPDATE OF c;
 
 -- name: member_roles
--- The roles of some users in a conversation (those who are members): one probe of both keys per user,
--- however large the group. (As "user_id = ANY(...)", or a plain join, the planner, which takes a group
--- for a couple of members, read the whole group: 10,000 rows filtered per call in a 10,000-member one.)
+-- The roles of some users in a conversation (those who are members), by one probe of both keys per user.
+-- However large the group: as "user_id = ANY(...)", or a plain join, the planner, which takes a group for
+-- a couple of members, read the whole group (10,000 rows filtered per call in a 10,000-member one).
 SELECT u.user_id, p.role
 FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
 CROSS JOIN LATERAL (
