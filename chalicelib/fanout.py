@@ -188,27 +188,6 @@ class FanoutDispatcher:
         self._shard_size = max(1, shard_size)
         self._clock = clock
 
-    def plan(
-        self,
-        message: StoredMessage,
-        sender: str,
-        participants: Sequence[str],
-        connections_by_user: Mapping[str, Sequence[str]],
-        sending_connection: str,
-        endpoint: str,
-    ) -> list[Push]:
-        """The pushes to make now, the sending connection's first; the rest of a big fan-out is enqueued."""
-        return self.plan_frame(
-            new_message_frame(message),
-            message.conversation_id,
-            message.message_id,
-            sender,
-            participants,
-            connections_by_user,
-            sending_connection,
-            endpoint,
-        )
-
     def plan_frame(
         self,
         frame: JSONObject,
@@ -220,7 +199,11 @@ class FanoutDispatcher:
         sending_connection: str,
         endpoint: str,
     ) -> list[Push]:
-        """``plan`` for any frame to every member (a message's edit, deletion or reaction change too)."""
+        """The pushes to make now, the sending connection's first; the rest of a big fan-out is enqueued.
+
+        Any frame to every member: a new message (``delivery_id`` its id), or its edit, deletion or
+        reaction change (the id and the change number).
+        """
 
         def to(members: Sequence[str]) -> list[Push]:
             pushes = [Push(connection_id, frame) for connection_id in connections_of(members, connections_by_user)]

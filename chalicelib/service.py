@@ -91,9 +91,9 @@ from chalicelib.wire import (
     message_body,
     message_deleted_frame,
     message_updated_frame,
+    new_message_frame,
     participants_updated_frame,
     plan_echo,
-    plan_new_message,
     plan_read,
     presence_body,
     presence_frame,
@@ -533,13 +533,17 @@ class ChatService:
             if not sent.is_new:
                 return plan_echo(sent.message, connection_id)
             self._message_ends_typing(user, frame.conversation_id)
-            connections = None if degraded else self._connections_or_none(sent.participants)
-            if connections is None:
-                notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
-                return [*plan_echo(sent.message, connection_id), Push(connection_id, notice)]
-            if self._fanout is not None:  # direct, or the sender's echo now and the rest through the queue
-                return self._fanout.plan(sent.message, user, sent.participants, connections, connection_id, endpoint)
-            return plan_new_message(sent.message, sent.participants, connections)
+            message = sent.message
+            return self._fan_out(
+                new_message_frame(message),
+                message.message_id,
+                user,
+                sent.participants,
+                degraded,
+                connection_id,
+                context,
+                endpoint,
+            )
         assert isinstance(frame, ReadMessages)
         read = self._repo.mark_read(user, frame.conversation_id)
         if read.receipt is None:
@@ -611,16 +615,36 @@ class ChatService:
         if changed is None:
             return [Push(connection_id, update)]
         participants = self._repo.participants(frame.conversation_id)
+        delivery = f"{shown.message_id}:{shown.change_seq}"
+        return self._fan_out(update, delivery, user, participants, degraded, connection_id, context, endpoint)
+
+    def _fan_out(
+        self,
+        frame: JSONObject,
+        delivery_id: str,
+        sender: str,
+        participants: list[str],
+        degraded: bool,
+        connection_id: str,
+        context: FrameContext,
+        endpoint: str,
+    ) -> list[Push]:
+        """A message's frame (new, edited, deleted, reactions) to every connection of every member.
+
+        Directly, or the sender's own now and the rest through the queue (``FanoutDispatcher``;
+        ``delivery_id`` names the delivery for its exactly-once claims). With the registry out of reach
+        only the sending connection is answered, with a notice that live delivery is degraded.
+        """
         connections = None if degraded else self._connections_or_none(participants)
         if connections is None:
             notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
-            return [Push(connection_id, update), Push(connection_id, notice)]
-        delivery = f"{shown.message_id}:{shown.change_seq}"
+            return [Push(connection_id, frame), Push(connection_id, notice)]
+        conversation_id = str(frame["conversationId"])
         if self._fanout is not None:
             return self._fanout.plan_frame(
-                update, frame.conversation_id, delivery, user, participants, connections, connection_id, endpoint
+                frame, conversation_id, delivery_id, sender, participants, connections, connection_id, endpoint
             )
-        return [Push(connection_id, update) for connection_id in connections_of(participants, connections)]
+        return [Push(target, frame) for target in connections_of(participants, connections)]
 
     def _connections_or_none(self, users: list[str]) -> dict[str, list[str]] | None:
         try:
