@@ -188,7 +188,7 @@ class ChatService:
             settings.create_conversation_rate_per_minute,
             settings.create_conversation_burst,
         )
-        body = parse_json_object(raw_body, self._settings.max_request_bytes)
+        body = self._body(raw_body)
         spec = parse_new_conversation(body, caller, self._settings)
         conversation_id, created = self._repo.create_conversation(caller, spec)
         if created:  # a get-or-create that found the pair, or a repeated requestId, pushes nothing
