@@ -36,7 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready: REST (http://\S+)\s+WebSocket (ws://\S+)")
 CLIENT_ID = "local-client"
 # What the app_environment fixture sets for in-process tests; a server gets only what we pass it.
-_SESSION_ONLY = {"DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "JWKS_JSON", "CONNECTIONS_ENDPOINT_URL"}
+# CONNECT_GRACE_SECONDS too: in-process tests set it to 0, but a server's gateway answers 410 while $connect runs,
+# as API Gateway does, so with no grace a push in that instant forgets a connection that is just opening.
+_SESSION_ONLY = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+    "JWKS_JSON",
+    "CONNECTIONS_ENDPOINT_URL",
+    "CONNECT_GRACE_SECONDS",
+}
 
 
 @dataclass
