@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
@@ -105,6 +105,7 @@ class SigV4Signer:
         self._service = service
         self._lock = threading.Lock()
         self._signing_key: tuple[str, str, bytes] = ("", "", b"")
+        self._amz_date: tuple[int, str] = (-1, "")
 
     def _key(self, day: str, secret: str) -> bytes:
         cached_day, cached_secret, key = self._signing_key
@@ -122,7 +123,7 @@ class SigV4Signer:
         creds = self._credentials.get_frozen_credentials()
         if not creds.access_key or not creds.secret_key:
             raise RuntimeError("credentials without an access key or a secret key")
-        amz_date = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ") if now is not None else self._date_now()
         day = amz_date[:8]
         headers = {"host": self._host, "x-amz-date": amz_date}
         if creds.token:
@@ -131,7 +132,7 @@ class SigV4Signer:
         canonical = "\n".join(
             [
                 method,
-                quote(path, safe="/~"),
+                canonical_path(path),
                 "",
                 "".join(f"{name}:{headers[name]}\n" for name in names),
                 ";".join(names),
@@ -146,6 +147,30 @@ class SigV4Signer:
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
         return headers
+
+    def _date_now(self) -> str:
+        """``x-amz-date`` now; it has a resolution of a second, so each second's string is formatted once."""
+        second = int(time.time())
+        cached_second, text = self._amz_date
+        if cached_second != second:
+            text = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            self._amz_date = (second, text)
+        return text
+
+
+# Characters that quote(path, safe="/~") leaves alone, plus "%" and "@" (which it encodes as %25 and %40).
+_PLAIN_PATH = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~/%@")
+
+
+def canonical_path(path: str) -> str:
+    """SigV4's canonical URI for a non-S3 service: the request's (already encoded) path encoded once more.
+
+    The client's own paths hold only unreserved characters, ``/``, ``@`` and percent escapes, for which that is
+    two replacements; ``quote`` (a per-character loop, a third of the signing time) handles anything else.
+    """
+    if not path.translate(_PLAIN_PATH):
+        return path.replace("%", "%25").replace("@", "%40")
+    return quote(path, safe="/~")
 
 
 def _hmac(key: bytes, message: str) -> bytes:

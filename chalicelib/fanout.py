@@ -16,13 +16,19 @@ tried.
 **Exactly once per connection, across redeliveries.** A shard can be delivered again: a worker failed part of
 it, timed out, or SQS (a standard queue: at least once) delivered it twice. Each (message, shard) has a Redis
 set of the connections already pushed, ``{prefix}fanout:{<message id>:<shard>}:pushed`` (one key per command;
-its own slot). A push *claims* its connection with ``SADD`` right before the POST (atomic: of two concurrent
-deliveries only one wins) and releases it with ``SREM`` when the POST failed for good, so the redelivery
-retries exactly the failed ones. A 410 keeps the claim (the connection is gone for good). The set lives
+its own slot). The worker reads it once per shard (``SMEMBERS``: no budget is spent on those already done),
+then, chunk by chunk, right after the budget granted the chunk's tokens, *claims* the chunk's connections in one
+Lua call that ``SADD``s them one by one and returns those it added (atomic: of two concurrent deliveries only one
+gets each connection, and it pushes only what it got). A push that failed for good gives its claim back
+(``SREM``, from the posting thread), and the pushes of a chunk that never started (cancelled at the push
+deadline) give theirs back in one ``SREM`` after it, so the redelivery retries exactly the failed ones. A 410
+keeps the claim (the connection is gone for good). One round trip claims a chunk where one per push cost as
+much CPU as the push itself. The set lives
 ``2 x FANOUT_MAX_AGE_SECONDS``, longer than a shard may be processed: older shards are dropped unpushed
 (a DLQ redrive hours later must not re-push), and the queue's retention is that age too. The one window
-left is a worker process dying between a claim and its POST's answer: that connection is not pushed again
-(at most once rather than twice; the client catches up with ``after=`` or ``/changes``). The worker stops
+left is a worker process dying between claiming a chunk and its POSTs' answers: those connections (at most one
+chunk's, ``min(PUSH_BUDGET_BURST, 4 x PUSH_CONCURRENCY)``) are not pushed again (at most once rather than twice;
+the clients catch up with ``after=`` or ``/changes``). The worker stops
 claiming well before its Lambda timeout, so a timeout never opens that window.
 
 **Partial batch failures.** The worker answers ``{"batchItemFailures": [{"itemIdentifier": messageId}]}``
@@ -40,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -242,11 +249,16 @@ class FanoutDispatcher:
         return to([sender]) or [Push(sending_connection, frame)]
 
 
-# KEYS: the shard's set. ARGV: connection id, ttl seconds. Returns 1 when this call claimed it.
-_CLAIM = """
-local added = redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return added
+# KEYS: the shard's set. ARGV: ttl seconds, then connection ids. Returns the ids this call claimed, in order.
+# One call per chunk: SADD member by member inside one script is as atomic as one SADD per connection (of two
+# concurrent deliveries only one gets each id), for one round trip instead of one per push.
+_CLAIM_ALL = """
+local claimed = {}
+for i = 2, #ARGV do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then claimed[#claimed + 1] = ARGV[i] end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return claimed
 """
 
 
@@ -257,7 +269,7 @@ class ShardClaims:
         self._client = client
         self.key = key
         self._ttl = ttl_s
-        self._claim = LuaScript(client, _CLAIM)
+        self._claim_all = LuaScript(client, _CLAIM_ALL)
 
     @staticmethod
     def key_for(prefix: str, message_id: str, shard: int) -> str:
@@ -266,46 +278,76 @@ class ShardClaims:
     @unavailable_on_redis_error
     def unclaimed(self, connection_ids: Sequence[str]) -> list[str]:
         """Those not pushed yet (read once before a shard, to spend no budget on the others)."""
-        done = {c.decode() if isinstance(c, bytes) else str(c) for c in self._client.smembers(self.key)}
+        done = {_text(c) for c in self._client.smembers(self.key)}
         return [connection_id for connection_id in connection_ids if connection_id not in done]
 
     @unavailable_on_redis_error
-    def claim(self, connection_id: str) -> bool:
-        return bool(int(self._claim(keys=[self.key], args=[connection_id, self._ttl])))
+    def claim(self, connection_ids: Sequence[str]) -> list[str]:
+        """Claim these connections in one call; returns those this call claimed (the others someone already had)."""
+        if not connection_ids:
+            return []
+        claimed = self._claim_all(keys=[self.key], args=[self._ttl, *connection_ids])
+        return [_text(c) for c in claimed or ()]
 
     @unavailable_on_redis_error
-    def release(self, connection_id: str) -> None:
-        self._client.srem(self.key, connection_id)
+    def release(self, connection_ids: Sequence[str]) -> None:
+        if connection_ids:
+            self._client.srem(self.key, *connection_ids)
 
 
-class ClaimingClient:
-    """A ``ConnectionsClient`` that posts to each connection at most once per shard (see the module docstring).
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    A connection someone already claimed counts as delivered: it was, or a concurrent delivery is doing it.
+
+class NotClaimed(Exception):
+    """A push whose claim was already given back (it had not started when its chunk ended)."""
+
+
+class ClaimedClient:
+    """A ``ConnectionsClient`` for one chunk of connections claimed in bulk (see the module docstring).
+
+    It posts only to connections of its chunk that no post has started for. A post that fails for good
+    (anything but a 410) gives its claim back at once, from the posting thread, so a push abandoned at the
+    deadline that fails later is still retried, and one that lands later is not. :meth:`release_unstarted`
+    gives back, in one call, the claims of pushes that never started (cancelled at the deadline); a post that
+    would start after that is refused with :class:`NotClaimed`.
     """
 
-    def __init__(self, client: ConnectionsClient, claims: ShardClaims) -> None:
+    def __init__(self, client: ConnectionsClient, claims: ShardClaims, claimed: Iterable[str]) -> None:
         self._client = client
         self._claims = claims
-        self.skipped = 0
+        self._lock = threading.Lock()
+        self._unstarted = set(claimed)
 
     def post(self, connection_id: str, data: bytes) -> None:
-        if not self._claims.claim(connection_id):
-            self.skipped += 1
-            return
+        with self._lock:
+            if connection_id not in self._unstarted:
+                raise NotClaimed(connection_id)
+            self._unstarted.discard(connection_id)
         try:
             self._client.post(connection_id, data)
         except GoneError:
             raise
         except BaseException:
             try:
-                self._claims.release(connection_id)
+                self._claims.release([connection_id])
             except Exception:  # without the release this connection misses the message: say so
                 log.warning("could not release a fan-out claim; that connection will not be retried", exc_info=True)
             raise
 
     def close(self, connection_id: str) -> None:
         self._client.close(connection_id)
+
+    def release_unstarted(self) -> int:
+        """Give back the claims no post has started for; returns how many."""
+        with self._lock:
+            unstarted, self._unstarted = list(self._unstarted), set()
+        if unstarted:
+            try:
+                self._claims.release(unstarted)
+            except Exception:
+                log.warning("could not release %d fan-out claim(s); not retried", len(unstarted), exc_info=True)
+        return len(unstarted)
 
 
 class Membership(Protocol):
@@ -414,7 +456,7 @@ class FanoutWorker:
             int(self._max_age_s * 2),
         )
         targets = claims.unclaimed([c for member in members for c in connections_by_user.get(member, ())])
-        client = ClaimingClient(self._client_for(shard.endpoint), claims)
+        client = self._client_for(shard.endpoint)
         budget = self._budget()
         for start in range(0, len(targets), self._chunk):
             chunk = targets[start : start + self._chunk]
@@ -425,10 +467,18 @@ class FanoutWorker:
                 chunk = chunk[:granted]
             left = end - time.monotonic() + self._push_deadline_s
             if chunk and left > 0:
+                # Claimed right before the pushes, after the budget's wait: a claim is held only while its push runs.
+                claimed = claims.claim(chunk)
+                result.skipped += len(chunk) - len(claimed)
+                claiming = ClaimedClient(client, claims, claimed)
                 pusher = Pusher(
-                    client, on_gone=self._on_gone, executor=self._executor, deadline_s=min(self._push_deadline_s, left)
+                    claiming,
+                    on_gone=self._on_gone,
+                    executor=self._executor,
+                    deadline_s=min(self._push_deadline_s, left),
                 )
-                report = pusher.push_all([Push(connection_id, shard.frame) for connection_id in chunk])
+                report = pusher.push_all([Push(connection_id, shard.frame) for connection_id in claimed])
+                claiming.release_unstarted()
                 result.delivered += len(report.delivered)
                 result.gone += len(report.gone)
                 result.failed += len(report.failed)
@@ -436,8 +486,6 @@ class FanoutWorker:
                 result.complete = False
             if not result.complete:
                 break
-        result.skipped = client.skipped
-        result.delivered -= client.skipped
         if result.failed:
             result.complete = False
         return result

@@ -94,21 +94,26 @@ class Pusher:
         report = PushReport()
         if not pushes:
             return report
-        by_connection: dict[str, list[Push]] = {}
+        by_connection: dict[str, list[tuple[Push, bytes]]] = {}
+        # A fan-out sends one frame object to every connection: encode it once, not once per push.
+        encoded: dict[int, bytes] = {}
         for push in pushes:
-            by_connection.setdefault(push.connection_id, []).append(push)
-        running: list[tuple[list[Push], Future[list[PushOutcome]]]] = [
+            data = encoded.get(id(push.frame))
+            if data is None:
+                data = encoded[id(push.frame)] = encode_frame(push.frame)
+            by_connection.setdefault(push.connection_id, []).append((push, data))
+        running: list[tuple[list[tuple[Push, bytes]], Future[list[PushOutcome]]]] = [
             (group, self._executor.submit(self._push_in_order, group)) for group in by_connection.values()
         ]
         wait([future for _, future in running], timeout=self._deadline_s)
         abandoned = 0
         for group, future in running:
             if future.done():
-                for push, outcome in zip(group, future.result(), strict=True):
+                for (push, _), outcome in zip(group, future.result(), strict=True):
                     report.add(push.connection_id, outcome)
             else:
                 future.cancel()  # not started yet: never will; running: ends on its own timeouts
-                for push in group:
+                for push, _ in group:
                     report.add(push.connection_id, PushOutcome.FAILED)
                 abandoned += len(group)
         if abandoned:
@@ -124,24 +129,23 @@ class Pusher:
         except Exception as error:
             log.warning("closing a connection failed: %s", type(error).__name__)
 
-    def _push_in_order(self, group: list[Push]) -> list[PushOutcome]:
+    def _push_in_order(self, group: list[tuple[Push, bytes]]) -> list[PushOutcome]:
         """One connection's pushes, one outcome each; after a 410 the rest would only meet the same 410."""
         outcomes: list[PushOutcome] = []
-        for push in group:
-            outcome = self._push(push)
+        for push, data in group:
+            outcome = self._push(push.connection_id, data)
             outcomes.append(outcome)
             if outcome is PushOutcome.GONE:
                 outcomes += [PushOutcome.GONE] * (len(group) - len(outcomes))
                 break
         return outcomes
 
-    def _push(self, push: Push) -> PushOutcome:
-        data = json.dumps(push.frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    def _push(self, connection_id: str, data: bytes) -> PushOutcome:
         try:
-            self._client.post(push.connection_id, data)
+            self._client.post(connection_id, data)
         except GoneError:
             try:
-                self._on_gone(push.connection_id)
+                self._on_gone(connection_id)
             except Exception:  # the registry expires it anyway
                 log.warning("could not unregister gone connection", exc_info=True)
             return PushOutcome.GONE
@@ -149,6 +153,11 @@ class Pusher:
             log.warning("push failed: %s", type(error).__name__)
             return PushOutcome.FAILED
         return PushOutcome.DELIVERED
+
+
+def encode_frame(frame: object) -> bytes:
+    """A frame as the bytes of one WebSocket text message (compact UTF-8 JSON)."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 _executor_lock = threading.Lock()

@@ -6,6 +6,7 @@ The threshold is lowered to 5 so a group of 10 members with 3 connections each (
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -18,8 +19,9 @@ import pytest
 
 from chalicelib import wiring
 from chalicelib.budget import PushBudget
-from chalicelib.fanout import Shard, plan_shards
+from chalicelib.fanout import ClaimedClient, NotClaimed, Shard, ShardClaims, plan_shards
 from chalicelib.model import StoredMessage
+from chalicelib.push import GoneError
 from chalicelib.queue import register_local_queue, unregister_local_queue
 from local.queue import LocalQueue, LocalQueueWorker
 from local.recording_sink import Behaviour, RecordingSink
@@ -208,6 +210,121 @@ def test_the_direct_path_sheds_beyond_the_budget_but_never_the_senders_echo(
     echo = sockets.message(alice_conn, conversation_id, "second")  # the echo still goes out
     bob_ids = [f["messageId"] for f in sockets.frames_of_type(bob_conn, "new-message")]
     assert echo["messageId"] not in bob_ids  # shed: bob sees it in history
+
+
+def test_two_concurrent_deliveries_of_every_shard_push_each_connection_once(
+    fanout: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
+) -> None:
+    group = big_group(rest, sockets)
+    echo = sockets.message(group.sender_connections[0], group.conversation_id, "delivered twice")
+    shards = fanout.queue.receive(100)
+    for shard in shards:  # SQS is at least once: every shard arrives twice, the copies side by side
+        fanout.queue.delete(shard.receipt_handle)
+        fanout.queue.send([shard.body, shard.body])
+    pollers = [LocalQueueWorker(fanout.queue, fanout.worker._handler, batch_size=1) for _ in range(2)]
+    for poller in pollers:
+        poller.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(fanout.queue) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        for poller in pollers:
+            poller.stop()
+    assert deliveries(sink, group.every_connection(), echo["messageId"]) == Counter(
+        dict.fromkeys(group.every_connection(), 1)
+    )
+    assert len(fanout.queue) == 0 and len(fanout.dead) == 0
+
+
+def test_the_fan_out_on_a_redis_cluster_pushes_each_connection_once_across_a_redelivery(
+    fanout: Fanout, configure: Any, redis_cluster: Any, rest: Any, sockets: Sockets, sink: RecordingSink
+) -> None:
+    configure(REDIS_URL=redis_cluster.url, REDIS_CLUSTER="true")
+    group = big_group(rest, sockets)
+    unlucky = [cs[0] for cs in list(group.connections.values())[:3]]
+    for connection in unlucky:
+        sink.inject(Behaviour(status=503, times=2), connection)
+    echo = sockets.message(group.sender_connections[0], group.conversation_id, "over the cluster")
+    for body in fanout.queue.bodies():
+        fanout.queue.send_message(body)
+    fanout.worker.drain()
+    assert deliveries(sink, group.every_connection(), echo["messageId"]) == Counter(
+        dict.fromkeys(group.every_connection(), 1)
+    )
+
+
+# --- the claims themselves, on real Redis ----------------------------------------------------------------
+
+
+@pytest.fixture
+def claims(app_environment: None) -> ShardClaims:
+    key = ShardClaims.key_for(f"claims-test-{uuid.uuid4().hex[:8]}:", str(uuid.uuid4()), 0)
+    return ShardClaims(wiring.get_redis(), key, 60)
+
+
+def test_a_bulk_claim_returns_only_what_it_newly_claimed(claims: ShardClaims) -> None:
+    assert claims.claim(["a", "b", "c"]) == ["a", "b", "c"]
+    assert claims.claim(["c", "d", "a", "e"]) == ["d", "e"]  # a redelivery gets only the rest
+    claims.release(["a", "d"])
+    assert claims.unclaimed(["a", "b", "c", "d", "e", "f"]) == ["a", "d", "f"]
+    assert claims.claim(["a", "d", "f"]) == ["a", "d", "f"]
+    assert claims.claim([]) == []
+    assert 0 < wiring.get_redis().ttl(claims.key) <= 60
+
+
+def test_concurrent_bulk_claims_of_one_shard_split_its_connections(claims: ShardClaims) -> None:
+    connections = [f"c{i}" for i in range(2000)]
+    won: list[list[str]] = []
+
+    def claim_all() -> None:
+        mine: list[str] = []
+        for start in range(0, len(connections), 100):
+            mine += claims.claim(connections[start : start + 100])
+        won.append(mine)
+
+    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(c for mine in won for c in mine) == sorted(connections)  # each claimed once, by one of them
+
+
+class Posts:
+    """A ConnectionsClient that records posts and fails the ones it is told to."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.posted: list[str] = []
+        self._failing = failing
+
+    def post(self, connection_id: str, data: bytes) -> None:
+        if connection_id in self._failing:
+            raise RuntimeError("503")
+        if connection_id == "gone":
+            raise GoneError(connection_id)
+        self.posted.append(connection_id)
+
+    def close(self, connection_id: str) -> None:
+        pass
+
+
+def test_a_chunk_gives_back_the_claims_of_failed_and_unstarted_pushes_but_not_of_delivered_or_gone(
+    claims: ShardClaims,
+) -> None:
+    ids = ["ok", "gone", "fails", "never-started", "also-never"]
+    client = ClaimedClient(Posts({"fails"}), claims, claims.claim(ids))
+    client.post("ok", b"{}")
+    with pytest.raises(GoneError):
+        client.post("gone", b"{}")
+    with pytest.raises(RuntimeError):
+        client.post("fails", b"{}")
+    assert client.release_unstarted() == 2
+    assert claims.unclaimed(ids) == ["fails", "never-started", "also-never"]  # the redelivery retries these
+    with pytest.raises(NotClaimed):  # a push starting after its claim was given back
+        client.post("never-started", b"{}")
+    with pytest.raises(NotClaimed):  # and one this chunk never claimed
+        client.post("someone-elses", b"{}")
 
 
 # --- the budget itself, on real Redis with a fake clock ------------------------------------------------------
