@@ -171,8 +171,9 @@ class ConversationRow(NamedTuple):
     conversation_id: str
     title: str
     is_group: bool
-    # The latest message's time, or the creation time while the conversation is empty.
-    last_activity_at: datetime
+    # The latest message's time, or the creation time while the conversation is empty, already in the
+    # wire's ISO-8601 form (the list query formats it; the page's exact time is ConversationPage's).
+    sent_at: str
     unread_count: int
     latest_message_id: str | None
     latest_sender_id: str | None
@@ -188,6 +189,15 @@ class ConversationRow(NamedTuple):
 CONVERSATION_ROW_FIELDS: tuple[str, ...] = ConversationRow._fields
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    """A page of a user's conversation list, newest activity first."""
+
+    rows: list[ConversationRow]
+    # The exact activity time of the last row (sent_at is rounded down to milliseconds): the next cursor's.
+    last_activity_at: datetime | None
+
+
 # --- queries ---------------------------------------------------------------------------
 
 
@@ -199,8 +209,10 @@ class ListCursor:
     conversation_id: str
 
     @classmethod
-    def after(cls, row: ConversationRow) -> ListCursor:
-        return cls(row.last_activity_at, str(row.conversation_id))
+    def after(cls, page: ConversationPage) -> ListCursor:
+        """Resume after the page's last row."""
+        assert page.rows and page.last_activity_at is not None
+        return cls(page.last_activity_at, str(page.rows[-1].conversation_id))
 
 
 @dataclass(frozen=True, slots=True)

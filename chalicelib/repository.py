@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from chalicelib.db import Database, Row, Transaction, UniqueViolation, parse_timestamptz
+from chalicelib.db import Database, Row, Transaction, UniqueViolation
 from chalicelib.errors import CONVERSATION_NOT_FOUND, Conflict, NotFound
 from chalicelib.model import (
     ConversationListQuery,
+    ConversationPage,
     ConversationRow,
     ListCursor,
     LockedConversation,
@@ -49,7 +50,6 @@ _FIRST_PAGE = ListCursor(datetime.max.replace(tzinfo=UTC), "ffffffff-ffff-ffff-f
 # The constraints a send and a group creation may meet when their own first attempt committed.
 _MESSAGE_KEYS = frozenset({"message_idempotency_key", "message_table_pkey"})
 _CONVERSATION_KEY = "conversation_table_pkey"
-_ROW_ACTIVITY = ConversationRow._fields.index("last_activity_at")
 # Up to this many members, a send's statement also returns them (one round trip for a DM or a
 # team); a larger group's members are read by a second statement, apart from the write.
 INLINE_MEMBERS = 100
@@ -199,10 +199,10 @@ class ChatRepository:
         if self._db.optional("set_muted", conversation_id=conversation_id, user_id=user_id, muted=muted) is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
 
-    def user_conversations(self, user_id: str, query: ConversationListQuery) -> list[ConversationRow]:
+    def user_conversations(self, user_id: str, query: ConversationListQuery) -> ConversationPage:
         """A page of the user's conversations, newest activity first, after the query's cursor."""
         after = query.cursor or _FIRST_PAGE
-        columns: list[list[Any] | None] = self._db.one(
+        result = self._db.one(
             "list_user_conversations",
             user_id=user_id,
             cursor_at=after.activity_at,
@@ -210,12 +210,12 @@ class ChatRepository:
             unread_only=query.is_read is False,
             read_only=query.is_read is True,
             limit=query.limit,
-        )["page"]
+        )
+        columns: list[list[Any] | None] = result["page"]
         if columns[0] is None:  # json_agg of no rows is NULL
-            return []
-        # json carries the time as text
-        columns[_ROW_ACTIVITY] = [parse_timestamptz(text) for text in columns[_ROW_ACTIVITY] or ()]
-        return [ConversationRow._make(cells) for cells in zip(*columns, strict=True)]
+            return ConversationPage([], None)
+        rows = [ConversationRow._make(cells) for cells in zip(*columns, strict=True)]
+        return ConversationPage(rows, result["last_activity_at"])
 
     # --- connections (the durable copy of the registry's connection -> user) -----------
 

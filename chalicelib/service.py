@@ -204,11 +204,11 @@ class ChatService:
 
     def list_conversations(self, caller: str, params: Mapping[str, str]) -> Page:
         query = parse_conversation_list_query(params, lambda token: decode_cursor(token, caller, self._cursor_key))
-        rows = self._repo.user_conversations(caller, query)
+        page = self._repo.user_conversations(caller, query)
         next_cursor = None
-        if query.paged and len(rows) == query.limit:
-            next_cursor = encode_cursor(ListCursor.after(rows[-1]), caller, self._cursor_key)
-        return Page([conversation_row_body(row) for row in rows], next_cursor)
+        if query.paged and len(page.rows) == query.limit:
+            next_cursor = encode_cursor(ListCursor.after(page), caller, self._cursor_key)
+        return Page([conversation_row_body(row) for row in page.rows], next_cursor)
 
     def get_conversation(self, caller: str, conversation_id: str) -> JSONObject:
         """The conversation with its members and read positions: all of them up to MAX_MEMBERS_PAGE,

@@ -102,14 +102,14 @@ def _lifecycle(message: StoredMessage) -> JSONObject:
 def conversation_row_body(row: ConversationRow) -> JSONObject:
     """One row of GET /conversations; a conversation without messages reads as read.
 
-    ``last_activity_at`` is the latest message's ``sentAt``, or the creation time while the
-    conversation is empty (the schema keeps them equal; see queries/conversations.sql).
+    ``sent_at`` is the latest message's ``sentAt``, or the creation time while the conversation
+    is empty (the schema keeps them equal), formatted as :func:`iso` does by the list query.
     """
     (
         conversation_id,
         title,
         is_group,
-        last_activity_at,
+        sent_at,
         unread_count,
         latest_message_id,
         latest_sender_id,
@@ -121,24 +121,24 @@ def conversation_row_body(row: ConversationRow) -> JSONObject:
         latest_deleted,
         last_change_seq,
     ) = row  # unpacked positionally: a 500-row list pays for no attribute lookups
+    # The cells come from json already typed as ConversationRow declares them: no conversions here.
     has_message = latest_message_id is not None
-    unread = int(unread_count)
     return {
-        "conversationId": str(conversation_id),
+        "conversationId": conversation_id,
         "title": title,
         "isGroup": is_group,
-        "sentAt": iso(last_activity_at),
+        "sentAt": sent_at,
         "latestContent": latest_content if has_message else "",
         "senderId": latest_sender_id if has_message else "",
-        "isRead": unread == 0,
+        "isRead": unread_count == 0,
         "participantId": peer_id or "",
-        "unreadCount": unread,
-        "latestMessageId": str(latest_message_id) if has_message else None,
+        "unreadCount": unread_count,
+        "latestMessageId": latest_message_id,
         "muted": muted,
         "role": role,
-        "unreadMentionCount": int(unread_mention_count),
-        "latestDeleted": bool(latest_deleted) and has_message,
-        "changeSeq": int(last_change_seq),
+        "unreadMentionCount": unread_mention_count,
+        "latestDeleted": latest_deleted and has_message,
+        "changeSeq": last_change_seq,
     }
 
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from chalicelib.sql import query
+from chalicelib.wire import iso
+from chalicelib.wiring import get_database
 from tests.conftest import Rest, Sockets, new_user
+from tests.databases import connect
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -250,6 +256,53 @@ def test_conversation_list_cursor_pages_cover_everything_once(rest: Rest, socket
     for bad in ("limit=0", "limit=201", "limit=x", "cursor=%21%21", "cursor=bm90LWpzb24"):
         status, error = rest.json("GET", f"/conversations?{bad}", alice)
         assert status == 400 and error["Code"] == "BadRequest", bad
+
+
+def test_list_times_are_the_wire_format_and_its_cursor_the_exact_time(rest: Rest) -> None:
+    """The list query formats sentAt itself (queries/conversations.sql): it must read as wire.iso writes it,
+    milliseconds truncated, in any session time zone; and its cursor must keep the microseconds, or rows
+    within one millisecond of a page's end are skipped or listed twice."""
+    alice = new_user("alice")
+    moments = [
+        datetime(2026, 1, 1, 0, 0, 0, 999_999, UTC),
+        datetime(2026, 1, 1, 0, 0, 0, 999_500, UTC),
+        datetime(2026, 1, 1, 0, 0, 0, 999_000, UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 1, UTC),
+    ]
+    chats = [rest.direct(alice, new_user()) for _ in moments]
+    for chat, moment in zip(chats, moments, strict=True):
+        get_database().run_sql(
+            "UPDATE conversation_table SET last_activity_at = :at WHERE conversation_id = CAST(:id AS uuid)",
+            at=moment,
+            id=chat,
+        )
+    expected = [(chat, iso(moment)) for chat, moment in zip(chats, moments, strict=True)]  # newest first
+    rows = rest.json("GET", "/conversations", alice)[1]
+    assert [(row["conversationId"], row["sentAt"]) for row in rows] == expected
+    assert expected[0][1] == "2026-01-01T00:00:00.999Z"
+    paged: list[str] = []
+    cursor = None
+    while True:
+        response = rest.call("GET", "/conversations?limit=1" + (f"&cursor={cursor}" if cursor else ""), alice)
+        paged += [row["conversationId"] for row in json.loads(response.body)]
+        cursor = response.headers.get("X-Next-Cursor")
+        if not cursor:
+            break
+    assert paged == chats
+    connection = connect(os.environ["DATABASE_URL"])
+    try:
+        connection.run("SET TimeZone = 'Asia/Kolkata'")
+        first_page = {
+            "cursor_at": datetime.max.replace(tzinfo=UTC),
+            "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        }
+        (columns, last_at), *_ = connection.run(
+            query("list_user_conversations"), user_id=alice, unread_only=False, read_only=False, limit=10, **first_page
+        )
+    finally:
+        connection.close()
+    assert list(zip(columns[0], columns[3], strict=True)) == expected
+    assert last_at == moments[-1]
 
 
 # --- messages paging ---------------------------------------------------------------------

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from chalicelib.model import CONVERSATION_ROW_FIELDS, ConversationRow, ListCursor, ReadReceipt, StoredMessage
+from chalicelib.model import (
+    CONVERSATION_ROW_FIELDS,
+    ConversationPage,
+    ConversationRow,
+    ListCursor,
+    ReadReceipt,
+    StoredMessage,
+)
 from chalicelib.wire import (
     Push,
     conversation_row_body,
@@ -88,7 +95,7 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "conversation_id": "c-1",
         "title": "Team",
         "is_group": True,
-        "last_activity_at": SENT,
+        "sent_at": "2026-11-28T10:33:11.123Z",
         "unread_count": 3,
         "latest_message_id": "m-9",
         "latest_sender_id": "bob",
@@ -118,7 +125,7 @@ def test_conversation_row_body_and_key_read_the_positional_row() -> None:
         "latestDeleted": False,
         "changeSeq": 12,
     }
-    assert ListCursor.after(row) == ListCursor(SENT, "c-1")
+    assert ListCursor.after(ConversationPage([row], SENT)) == ListCursor(SENT, "c-1")
     empty = ConversationRow(**{**values, "latest_message_id": None, "unread_count": 0})
     body = conversation_row_body(empty)
     assert (body["latestContent"], body["senderId"], body["isRead"], body["latestMessageId"]) == ("", "", True, None)
