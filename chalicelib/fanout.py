@@ -379,6 +379,19 @@ class ShardResult:
     complete: bool = True
 
 
+_shard_pool_lock = threading.Lock()
+_shard_pool: ThreadPoolExecutor | None = None
+
+
+def shared_shard_executor(max_workers: int) -> ThreadPoolExecutor:
+    """One pool per process for the shards of a batch (apart from the push pool), kept across invocations."""
+    global _shard_pool
+    with _shard_pool_lock:
+        if _shard_pool is None:
+            _shard_pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout-shard")
+        return _shard_pool
+
+
 class FanoutWorker:
     """The queue's consumer: pushes each shard of a batch; answers the failed ones as batch item failures."""
 
@@ -398,8 +411,11 @@ class FanoutWorker:
         chunk: int,
         max_age_s: float,
         retry_base_s: float,
+        shard_executor: ThreadPoolExecutor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``shard_executor`` pushes a batch's shards side by side (one after another without it); it must not
+        be ``executor``, whose threads the shards wait on."""
         self._membership = membership
         self._registry = registry
         self._client_for = client_for
@@ -413,6 +429,7 @@ class FanoutWorker:
         self._chunk = max(1, chunk)
         self._max_age_s = max_age_s
         self._retry_base_s = retry_base_s
+        self._shard_executor = shard_executor
         self._clock = clock
 
     def handle_event(self, event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, str]]]:
@@ -424,20 +441,27 @@ class FanoutWorker:
         """Push every record's shard within ``remaining_s`` (less a margin); the answer names the failed ones."""
         # Stop starting pushes one push deadline before the Lambda timeout, so a timeout never cuts a push short.
         end = time.monotonic() + remaining_s - self._push_deadline_s - 1.0
-        failures: list[dict[str, str]] = []
-        for record in records:
-            message_id = str(record.get("messageId", ""))
+
+        def push(record: Mapping[str, Any]) -> bool:
             try:
-                result = self.push_shard(Shard.parse(str(record.get("body", ""))), end)
-                ok = result.complete
+                return self.push_shard(Shard.parse(str(record.get("body", ""))), end).complete
             except ValueError as error:
-                log.error("poison fan-out shard %s: %s", message_id, error)
-                ok = False
+                log.error("poison fan-out shard %s: %s", record.get("messageId", ""), error)
             except Exception:
-                log.exception("fan-out shard %s failed", message_id)
-                ok = False
+                log.exception("fan-out shard %s failed", record.get("messageId", ""))
+            return False
+
+        # Side by side, a batch keeps the push pool busy: one shard after another left it idle during each
+        # shard's SQL and Redis reads and the tail of each shard's last wave, which capped an invocation near
+        # 200 connections per 115 ms.
+        if self._shard_executor is not None and len(records) > 1:
+            pushed = list(self._shard_executor.map(push, records))
+        else:
+            pushed = [push(record) for record in records]
+        failures: list[dict[str, str]] = []
+        for record, ok in zip(records, pushed, strict=True):
             if not ok:
-                failures.append({"itemIdentifier": message_id})
+                failures.append({"itemIdentifier": str(record.get("messageId", ""))})
                 self._retry_soon(record)
         return {"batchItemFailures": failures}
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 # Factories build each other (the service asks for the database), hence re-entrant.
 _lock = threading.RLock()
+#: Records per fan-out invocation: app.py's ``batch_size`` for ``fanout_worker``; its shards are pushed side by side.
+FANOUT_BATCH_SIZE = 10
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -225,7 +228,7 @@ def get_fanout_dispatcher() -> FanoutDispatcher:
 @built_once()
 def get_fanout_worker() -> FanoutWorker:
     """The SQS handler's worker: shards in, pushes out (chalicelib/fanout.py)."""
-    from chalicelib.fanout import DatabaseMembership, FanoutWorker
+    from chalicelib.fanout import DatabaseMembership, FanoutWorker, shared_shard_executor
     from chalicelib.push import shared_executor
 
     settings = get_settings()
@@ -243,6 +246,7 @@ def get_fanout_worker() -> FanoutWorker:
         chunk=min(max(1, settings.push_budget_burst), 4 * settings.push_concurrency),
         max_age_s=settings.fanout_max_age_s,
         retry_base_s=settings.fanout_retry_base_s,
+        shard_executor=shared_shard_executor(FANOUT_BATCH_SIZE),
     )
 
 

@@ -212,6 +212,21 @@ def test_the_direct_path_sheds_beyond_the_budget_but_never_the_senders_echo(
     assert echo["messageId"] not in bob_ids  # shed: bob sees it in history
 
 
+def test_the_shards_of_one_batch_are_pushed_side_by_side(
+    fanout: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
+) -> None:
+    group = big_group(rest, sockets)
+    sockets.message(group.sender_connections[0], group.conversation_id, "three at once")
+    shards = [Shard.parse(body) for body in fanout.queue.bodies()]
+    for shard in shards[:3]:  # the fixture's batch: one slow push in each of its three shards
+        sink.inject(Behaviour(delay=0.5, times=1), group.connections[shard.members[0]][0])
+    started = time.monotonic()
+    batch = fanout.worker.run_once()
+    elapsed = time.monotonic() - started
+    assert batch is not None and len(batch.received) == 3 and not batch.failed
+    assert elapsed < 1.0, elapsed  # one after another: at least 1.5 s
+
+
 def test_two_concurrent_deliveries_of_every_shard_push_each_connection_once(
     fanout: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
 ) -> None:
