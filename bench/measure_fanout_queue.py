@@ -5,8 +5,9 @@ part of a shard.
 The queue is local/queue.py's ``LocalQueue`` (SQS's visibility, receive-count and redrive rules, with a
 dead-letter queue) registered as ``FANOUT_QUEUE_URL=local:<name>``, drained by ``LocalQueueWorker`` calling the
 app's real ``app.fanout_worker`` with SQS-shaped events (batch size 10, as app.py declares), with one poller
-(one invocation at a time, as ``make dev`` runs it) and, in alternating runs, five (app.py's
-``maximum_concurrency``; in one process they share the app's push thread pool and the GIL, unlike Lambdas).
+invoking it in this process (one invocation at a time, as ``make dev`` runs it) and, in alternating runs, five
+(app.py's ``maximum_concurrency``), each invoking its own warm worker process (bench/lambda_process.py), as
+each Lambda invocation has its own execution environment: its own GIL, push pool and connections.
 The endpoint is bench/recording_endpoint.py in its own process:
 it records each connection's pushes and the time of the last one.
 
@@ -27,10 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from bench.context import BenchContext, connect, send_frame
+from bench.lambda_process import LambdaProcess
 from bench.measure_ws import _send
 from bench.phase import settings
 from bench.recording_endpoint import RecordingEndpoint
@@ -48,26 +53,37 @@ FAILED_SHARD = 2
 FAILED_CONNECTIONS = 50
 WAIT_S = 120.0
 
+Handler = Callable[[dict[str, Any], Any], Any]
+
 
 class Invocations:
-    """app.fanout_worker, counting invocations and the shards each reported failed."""
+    """Invocations of the fan-out worker, counted with the shards each reported failed and the time they took."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.failed_shards = 0
         self.busy_s = 0.0
+        self._lock = threading.Lock()
 
-    def __call__(self, event: dict[str, Any], context: Any) -> Any:
-        import app as chat_app
+    def via(self, target: Handler | None = None) -> Handler:
+        """A handler for one poller: ``target`` (a LambdaProcess), or app.fanout_worker in this process."""
 
-        self.calls += 1
-        started = time.perf_counter()
-        try:
-            answer = chat_app.fanout_worker(event, context)
-        finally:
-            self.busy_s += time.perf_counter() - started
-        self.failed_shards += len(answer.get("batchItemFailures") or []) if isinstance(answer, dict) else 0
-        return answer
+        def invoke(event: dict[str, Any], context: Any) -> Any:
+            import app as chat_app
+
+            started = time.perf_counter()
+            try:
+                answer = (target or chat_app.fanout_worker)(event, context)
+            finally:
+                with self._lock:
+                    self.calls += 1
+                    self.busy_s += time.perf_counter() - started
+            failed = len(answer.get("batchItemFailures") or []) if isinstance(answer, dict) else 0
+            with self._lock:
+                self.failed_shards += failed
+            return answer
+
+        return invoke
 
 
 def _wait_for(endpoint: RecordingEndpoint, expected: int, timeout_s: float) -> dict[str, Any]:
@@ -94,12 +110,22 @@ def _outcome(stats: dict[str, Any], started: float, sender_connection: str) -> d
     }
 
 
+def _workers_cpu_s(workers: Sequence[LambdaProcess]) -> float:
+    return sum(worker.cpu_s() or 0.0 for worker in workers)
+
+
 def _timed_send(
-    ctx: BenchContext, endpoint: RecordingEndpoint, handler: Invocations, sender: str, group: str
+    ctx: BenchContext,
+    endpoint: RecordingEndpoint,
+    handler: Invocations,
+    sender: str,
+    group: str,
+    workers: Sequence[LambdaProcess],
 ) -> dict[str, Any]:
     """One message to the group, timed to the endpoint's last push, with where the time went."""
     endpoint.reset()
     calls, busy, cpu, endpoint_cpu = handler.calls, handler.busy_s, time.process_time(), endpoint.stats()["cpu_s"]
+    workers_cpu = _workers_cpu_s(workers)
     started = time.time()
     send_frame(sender, _send(group))
     stats = _wait_for(endpoint, CONNECTIONS, WAIT_S)
@@ -108,6 +134,7 @@ def _timed_send(
     # Where the time goes: the worker's invocations (summed), and each process's CPU.
     outcome["worker_busy_ms"] = (handler.busy_s - busy) * 1000
     outcome["bench_process_cpu_ms"] = (time.process_time() - cpu) * 1000
+    outcome["worker_processes_cpu_ms"] = (_workers_cpu_s(workers) - workers_cpu) * 1000
     outcome["endpoint_process_cpu_ms"] = (stats["cpu_s"] - endpoint_cpu) * 1000
     outcome["load"] = os.getloadavg()[0]
     return outcome
@@ -160,29 +187,40 @@ def _run(
         connection_of[member] = f"bench-{ctx.run_id}-q{index:05d}="
         registry.register(connection_of[member], member)
     handler = Invocations()
-    worker = LocalQueueWorker(queue, handler, batch_size=10, timeout_s=60)
+    worker = LocalQueueWorker(queue, handler.via(), batch_size=10, timeout_s=60)
 
     runs: dict[int, list[dict[str, Any]]] = {count: [] for count in POLLERS}
-    for _ in range(RUNS):
-        for count in POLLERS:  # interleaved: one poller (make dev), then as many as app.py's maximum_concurrency
-            pollers = [LocalQueueWorker(queue, handler, batch_size=10, timeout_s=60) for _ in range(count)]
-            for poller in pollers:
-                poller.start()
-            try:
-                time.sleep(1.0)  # the budget refills (its burst) between runs, as between two big messages
-                outcome = _timed_send(ctx, endpoint, handler, sender, group)
-            finally:
+    with ExitStack() as stack:
+        # Five warm execution environments, started once, as Lambda keeps them between invocations.
+        lambdas = [stack.enter_context(LambdaProcess(queue)) for _ in range(POLLERS[-1])]
+        for _ in range(RUNS):
+            for count in POLLERS:  # interleaved: one poller in this process (make dev), then app.py's
+                # maximum_concurrency of them, each invoking its own process (Lambda's execution environments)
+                workers = lambdas[:count] if count > 1 else []
+                targets: list[Handler | None] = [*workers] if workers else [None]
+                pollers = [
+                    LocalQueueWorker(queue, handler.via(target), batch_size=10, timeout_s=60) for target in targets
+                ]
                 for poller in pollers:
-                    poller.stop()
-            outcome["pollers"] = count
-            runs[count].append(outcome)
-            log(
-                f"  {f'queued fan-out, {count} poller(s)':<34} {outcome['ms']:,.0f} ms to the last push;"
-                f" delivered {outcome['delivered']:,}, duplicates {outcome['duplicates']}, lost {outcome['lost']},"
-                f" first queued push {outcome['first_queued_push_ms']:,.0f} ms, {outcome['invocations']} invocations"
-                f" busy {outcome['worker_busy_ms']:,.0f} ms; CPU: bench {outcome['bench_process_cpu_ms']:,.0f} ms,"
-                f" endpoint {outcome['endpoint_process_cpu_ms']:,.0f} ms; load {outcome['load']:.1f}"
-            )
+                    poller.start()
+                try:
+                    time.sleep(1.0)  # the budget refills (its burst) between runs, as between two big messages
+                    outcome = _timed_send(ctx, endpoint, handler, sender, group, workers)
+                finally:
+                    for poller in pollers:
+                        poller.stop()
+                outcome["pollers"] = count
+                outcome["poller_processes"] = len(workers)
+                runs[count].append(outcome)
+                log(
+                    f"  {f'queued fan-out, {count} poller(s)':<34} {outcome['ms']:,.0f} ms to the last push;"
+                    f" delivered {outcome['delivered']:,}, duplicates {outcome['duplicates']},"
+                    f" lost {outcome['lost']}, first queued push {outcome['first_queued_push_ms']:,.0f} ms,"
+                    f" {outcome['invocations']} invocations busy {outcome['worker_busy_ms']:,.0f} ms;"
+                    f" CPU: bench {outcome['bench_process_cpu_ms']:,.0f} ms,"
+                    f" worker processes {outcome['worker_processes_cpu_ms']:,.0f} ms,"
+                    f" endpoint {outcome['endpoint_process_cpu_ms']:,.0f} ms; load {outcome['load']:.1f}"
+                )
     results["runs"] = runs[1]
     results["runs 5 pollers"] = runs[POLLERS[-1]]
 
