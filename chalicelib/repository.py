@@ -56,7 +56,7 @@ INLINE_MEMBERS = 100
 
 
 def _message(row: Row) -> StoredMessage:
-    """A message row of the queries that read ``m.*`` with its reply snippet (queries/messages.sql)."""
+    """A row of message_with_reply (sql/0009): the message with its reply snippet (queries/messages.sql)."""
     reply = None
     if row["reply_to"] is not None and row["reply_sender_id"] is not None:
         reply = ReplySnippet(str(row["reply_to"]), row["reply_sender_id"], row["reply_content"], row["reply_deleted"])

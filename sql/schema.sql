@@ -1,4 +1,4 @@
--- The current schema: what sql/0001..0008 build, written out as one file to read.
+-- The current schema: what sql/0001..0009 build, written out as one file to read.
 --
 -- Nothing applies this file: databases are built and upgraded by the numbered migrations
 -- (make migrate, chalicelib/migrations.py, which skips schema.sql). It exists so that the shape of a
@@ -137,6 +137,21 @@ CREATE TABLE reaction_table (
     reacted_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (message_id, user_id, emoji)
 );
+
+-- A message as the API shows it: the row with the current state of the message it replies to (a
+-- 200-character snippet), for every query that reads messages (0009).
+CREATE VIEW message_with_reply AS
+SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq,
+       m.change_seq, m.version, m.edited_at, m.deleted_at, m.reply_to, m.mentions, m.reactions,
+       r.sender_id AS reply_sender_id, left(r.content, 200) AS reply_content,
+       r.deleted_at IS NOT NULL AS reply_deleted
+FROM message_table m
+LEFT JOIN LATERAL (
+    SELECT r1.sender_id, r1.content, r1.deleted_at
+    FROM message_table r1
+    WHERE r1.message_id = m.reply_to AND r1.conversation_id = m.conversation_id
+    LIMIT 1
+) r ON true;
 
 -- Connections -----------------------------------------------------------------------------------
 --

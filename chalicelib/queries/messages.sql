@@ -66,48 +66,24 @@ SELECT (CAST(:reply_to AS uuid) IS NULL
 
 -- name: find_sent_message
 -- The message a sender already stored under this tempMessageId (idempotent retry), in its current state.
-SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq,
-       m.change_seq, m.version, m.edited_at, m.deleted_at, m.reply_to, m.mentions, m.reactions,
-       r.sender_id AS reply_sender_id, left(r.content, 200) AS reply_content, r.deleted_at IS NOT NULL AS reply_deleted
-FROM message_table m
-LEFT JOIN LATERAL (
-    -- The replied-to message's current state (a snippet: edits and deletions of it show at once).
-    SELECT r1.sender_id, r1.content, r1.deleted_at FROM message_table r1
-    WHERE r1.message_id = m.reply_to AND r1.conversation_id = m.conversation_id
-    LIMIT 1
-) r ON true
+SELECT *
+FROM message_with_reply m
 WHERE m.conversation_id = :conversation_id
   AND m.sender_id = :sender_id
   AND m.temp_message_id = :temp_message_id;
 
 -- name: messages_in_seq_range
 -- Messages whose position lies in (low, high], newest first, in their current state.
-SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq,
-       m.change_seq, m.version, m.edited_at, m.deleted_at, m.reply_to, m.mentions, m.reactions,
-       r.sender_id AS reply_sender_id, left(r.content, 200) AS reply_content, r.deleted_at IS NOT NULL AS reply_deleted
-FROM message_table m
-LEFT JOIN LATERAL (
-    -- The replied-to message's current state (a snippet: edits and deletions of it show at once).
-    SELECT r1.sender_id, r1.content, r1.deleted_at FROM message_table r1
-    WHERE r1.message_id = m.reply_to AND r1.conversation_id = m.conversation_id
-    LIMIT 1
-) r ON true
+SELECT *
+FROM message_with_reply m
 WHERE m.conversation_id = :conversation_id AND m.seq > :low AND m.seq <= :high
 ORDER BY m.seq DESC;
 
 -- name: changes_after
 -- Every message changed after a change number, each once in its current state, oldest change first:
 -- one range of message_change_seq_key, the same cost at any depth (sql/0008).
-SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq,
-       m.change_seq, m.version, m.edited_at, m.deleted_at, m.reply_to, m.mentions, m.reactions,
-       r.sender_id AS reply_sender_id, left(r.content, 200) AS reply_content, r.deleted_at IS NOT NULL AS reply_deleted
-FROM message_table m
-LEFT JOIN LATERAL (
-    -- The replied-to message's current state (a snippet: edits and deletions of it show at once).
-    SELECT r1.sender_id, r1.content, r1.deleted_at FROM message_table r1
-    WHERE r1.message_id = m.reply_to AND r1.conversation_id = m.conversation_id
-    LIMIT 1
-) r ON true
+SELECT *
+FROM message_with_reply m
 WHERE m.conversation_id = :conversation_id AND m.change_seq > :after
 ORDER BY m.change_seq
 LIMIT :limit;
@@ -120,7 +96,8 @@ WHERE message_id = ANY(CAST(:message_ids AS uuid[])) AND user_id = :user_id
 ORDER BY message_id, reacted_at, emoji;
 
 -- name: lock_message
--- Inside a change's transaction, after lock_conversation: the message as it stands, locked.
+-- Inside a change's transaction, after lock_conversation: the message as it stands, locked. The join of
+-- message_with_reply (sql/0009) written out: FOR UPDATE cannot reach through a view's outer join.
 SELECT m.message_id, m.conversation_id, m.sender_id, m.temp_message_id, m.content, m.sent_at, m.seq,
        m.change_seq, m.version, m.edited_at, m.deleted_at, m.reply_to, m.mentions, m.reactions,
        r.sender_id AS reply_sender_id, left(r.content, 200) AS reply_content, r.deleted_at IS NOT NULL AS reply_deleted
