@@ -85,6 +85,10 @@ class Settings:
     fanout_queue_url: str = ""
     fanout_queue_threshold: int = 500
     fanout_shard_size: int = 200
+    # Above this many members (and with a queue), the sending handler reads neither the members nor their
+    # connections: it answers the sender and queues one expansion, which the worker turns into the shards,
+    # so a send's handler costs the same at any group size (one queue hop more for the others).
+    fanout_expand_members: int = 2000
     # Shards older than this are dropped unpushed; each shard's record of pushed connections lives twice as long.
     fanout_max_age_s: float = 3600.0
     # A failed shard comes back after base x 2^(receives - 1) seconds (at most 60), with jitter.
@@ -206,6 +210,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         fanout_queue_url=env.get("FANOUT_QUEUE_URL", "").strip(),
         fanout_queue_threshold=_int(env, "FANOUT_QUEUE_THRESHOLD", 500),
         fanout_shard_size=_int(env, "FANOUT_SHARD_SIZE", 200),
+        fanout_expand_members=_int(env, "FANOUT_EXPAND_MEMBERS", 2000),
         fanout_max_age_s=_float(env, "FANOUT_MAX_AGE_SECONDS", 3600.0),
         fanout_retry_base_s=_float(env, "FANOUT_RETRY_BASE_SECONDS", 1.0),
         fanout_max_receive_count=_int(env, "FANOUT_MAX_RECEIVE_COUNT", 5),

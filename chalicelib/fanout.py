@@ -7,6 +7,16 @@ enqueued in shards of at most ``FANOUT_SHARD_SIZE`` connections (counted at send
 members with no live connection at send time are left out (they load history when they connect). If the
 queue cannot be reached, the whole fan-out falls back to the direct path.
 
+**A conversation of more than ``FANOUT_EXPAND_MEMBERS`` is queued whole.** Counting its connections would cost
+the sending handler a read of every member and a registry lookup of each (10,000 of them for a company-wide
+channel), so above that size the handler answers the sender's own connections and queues one
+:class:`Expansion`: the frame, the sender and a number of shards fixed at send time (the members over
+``FANOUT_SHARD_SIZE``). The worker reads the members and queues their shards, each member in shard
+``crc32(user id) % shards``: an expansion delivered twice queues the same members under the same shard
+numbers, so the exactly-once claims below still see one delivery per connection. Those shards hold members,
+not counted connections (the registry is read when they are pushed), and carry the send's time, from which
+their age is counted.
+
 **Shards carry member user ids, not connection ids.** The worker (:class:`FanoutWorker`, behind Chalice's
 ``@app.on_sqs_message``) re-reads which of them are still members (one primary-key probe per member) and
 resolves their connections from the registry at push time: a member removed after the send gets nothing, even
@@ -45,9 +55,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,6 +135,77 @@ class Shard:
             raise ValueError(f"unreadable shard: {type(error).__name__}: {error}") from None
 
 
+def shard_of(user_id: str, shards: int) -> int:
+    """The shard of a member in an expansion: the same in every process and on every redelivery."""
+    return zlib.crc32(user_id.encode("utf-8")) % shards
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A big conversation's whole fan-out as one queued message; the worker turns it into shards."""
+
+    conversation_id: str
+    message_id: str  # the delivery id: the message's, or the message's and its change number
+    sender: str  # pushed by the sending handler, so in no shard
+    shards: int
+    endpoint: str
+    frame: JSONObject
+    enqueued_at: float
+
+    def body(self) -> str:
+        return json.dumps(
+            {
+                "v": SHARD_VERSION,
+                "kind": "expand",
+                "conversationId": self.conversation_id,
+                "messageId": self.message_id,
+                "sender": self.sender,
+                "shards": self.shards,
+                "endpoint": self.endpoint,
+                "frame": self.frame,
+                "enqueuedAt": self.enqueued_at,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def shards_for(self, members: Iterable[str]) -> list[Shard]:
+        """The members (the sender left out) in their shards; an empty shard is not queued."""
+        groups: list[list[str]] = [[] for _ in range(self.shards)]
+        for member in dict.fromkeys(members):
+            if member != self.sender:
+                groups[shard_of(member, self.shards)].append(member)
+        return [
+            Shard(self.conversation_id, self.message_id, index, self.endpoint, group, self.frame, self.enqueued_at)
+            for index, group in enumerate(groups)
+            if group
+        ]
+
+
+def parse_queued(body: str) -> Shard | Expansion:
+    """A queue message's body: a shard, or an expansion; ``ValueError`` for anything else (a poison message)."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and data.get("v") == SHARD_VERSION and data.get("kind") == "expand":
+            shards, frame = data["shards"], data["frame"]
+            if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+                raise ValueError("shards must be a positive integer")
+            if not isinstance(frame, dict):
+                raise ValueError("frame must be an object")
+            return Expansion(
+                str(data["conversationId"]),
+                str(data["messageId"]),
+                str(data["sender"]),
+                shards,
+                str(data["endpoint"]),
+                frame,
+                float(data["enqueuedAt"]),
+            )
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable expansion: {type(error).__name__}: {error}") from None
+    return Shard.parse(body)
+
+
 def plan_shards(
     message: StoredMessage,
     members: Iterable[str],
@@ -187,13 +270,54 @@ class FanoutDispatcher:
         *,
         threshold: int,
         shard_size: int,
+        expand_members: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``queue`` returns the fan-out queue, or None when none is configured (every fan-out is direct)."""
+        """``queue`` returns the fan-out queue, or None when none is configured (every fan-out is direct).
+        ``expand_members``: above this many members a fan-out is queued whole (None: never)."""
         self._queue = queue
         self._threshold = threshold
         self._shard_size = max(1, shard_size)
+        self._expand_members = expand_members
         self._clock = clock
+
+    def expands(self, member_count: int) -> bool:
+        """Whether a conversation this big is queued whole (``plan_expansion``), before any member is read."""
+        return self._expand_members is not None and member_count > self._expand_members and self._queue() is not None
+
+    def plan_expansion(
+        self,
+        frame: JSONObject,
+        conversation_id: str,
+        delivery_id: str,
+        sender: str,
+        member_count: int,
+        sender_connections: Mapping[str, Sequence[str]],
+        sending_connection: str,
+        endpoint: str,
+    ) -> list[Push] | None:
+        """Queue the whole fan-out as one expansion; the pushes to make now are the sender's own connections,
+        the sending one first. None if the queue refused it: the caller fans out as for a smaller group."""
+        queue = self._queue()
+        if queue is None:
+            return None
+        expansion = Expansion(
+            conversation_id,
+            delivery_id,
+            sender,
+            max(1, math.ceil(member_count / self._shard_size)),
+            endpoint,
+            frame,
+            self._clock(),
+        )
+        try:
+            queue.send([expansion.body()])
+        except QueueUnavailable as error:
+            log.warning("fan-out queue unavailable (%s); the expansion is fanned out from here", error)
+            return None
+        own = [Push(connection_id, frame) for connection_id in connections_of([sender], sender_connections)]
+        own.sort(key=lambda push: push.connection_id != sending_connection)
+        return own or [Push(sending_connection, frame)]
 
     def plan_frame(
         self,
@@ -353,6 +477,8 @@ class ClaimedClient:
 class Membership(Protocol):
     def current_members(self, conversation_id: str, user_ids: Sequence[str]) -> list[str]: ...
 
+    def members(self, conversation_id: str) -> list[str]: ...
+
 
 class DatabaseMembership:
     """Which of some users are members now (chalicelib/queries/fanout.sql)."""
@@ -365,6 +491,10 @@ class DatabaseMembership:
             return []
         rows = self._db.run("current_members", conversation_id=conversation_id, user_ids=list(user_ids))
         return [row["user_id"] for row in rows]
+
+    def members(self, conversation_id: str) -> list[str]:
+        """Every member now (an expansion's shards)."""
+        return [row["user_id"] for row in self._db.run("list_participants", conversation_id=conversation_id)]
 
 
 @dataclass
@@ -444,7 +574,10 @@ class FanoutWorker:
 
         def push(record: Mapping[str, Any]) -> bool:
             try:
-                return self.push_shard(Shard.parse(str(record.get("body", ""))), end).complete
+                queued = parse_queued(str(record.get("body", "")))
+                if isinstance(queued, Expansion):
+                    return self.expand(queued)
+                return self.push_shard(queued, end).complete
             except ValueError as error:
                 log.error("poison fan-out shard %s: %s", record.get("messageId", ""), error)
             except Exception:
@@ -464,6 +597,26 @@ class FanoutWorker:
                 failures.append({"itemIdentifier": str(record.get("messageId", ""))})
                 self._retry_soon(record)
         return {"batchItemFailures": failures}
+
+    def expand(self, expansion: Expansion) -> bool:
+        """Queue an expansion's shards; False if it must come back (the queue refused some of them).
+
+        A redelivery queues every shard again: those already queued are then delivered twice, which the
+        claims absorb (same members, same shard numbers).
+        """
+        if self._clock() - expansion.enqueued_at > self._max_age_s:
+            log.warning("fan-out expansion %s is too old to push; dropped", expansion.message_id)
+            return True
+        queue = self._queue()
+        if queue is None:
+            log.error(
+                "fan-out expansion %s received with no FANOUT_QUEUE_URL to queue its shards", expansion.message_id
+            )
+            return False
+        queue.send(
+            [shard.body() for shard in expansion.shards_for(self._membership.members(expansion.conversation_id))]
+        )
+        return True
 
     def push_shard(self, shard: Shard, end: float) -> ShardResult:
         """Push one shard until ``end`` (a ``time.monotonic()`` instant); ``complete`` False if it must come back."""

@@ -61,12 +61,15 @@ class SentMessage:
     """The outcome of a send."""
 
     message: StoredMessage
-    # Everyone to fan the message out to (empty when it is not new).
-    participants: list[str]
+    # Everyone to fan the message out to (empty when it is not new); None when the send did not read them
+    # (a conversation over repository.INLINE_MEMBERS: read apart from the write, if the fan-out needs them).
+    participants: list[str] | None
     # False for a client's retry of a send stored earlier: only the retrying connection is answered.
     # True also when this very request stored it on an attempt whose answer was lost (a dropped
     # database connection): nobody has been told about it yet.
     is_new: bool
+    # The conversation's size when the message was stored.
+    member_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -301,7 +301,8 @@ class ChatRepository:
             mentions=mentions,
         )
         members = row["participant_ids"]
-        return SentMessage(message, self.participants(conversation_id) if members is None else list(members), True)
+        member_count = int(row["member_count"])
+        return SentMessage(message, None if members is None else list(members), True, member_count)
 
     def _already_sent(self, sender: str, conversation_id: str, temp_message_id: str, message_id: str) -> SentMessage:
         row = self._db.optional(
@@ -315,7 +316,8 @@ class ChatRepository:
         message = _message(row)
         if message.message_id == message_id:
             # This request's own first attempt stored it and its answer was lost: nobody has it yet.
-            return SentMessage(message, self.participants(conversation_id), is_new=True)
+            participants = self.participants(conversation_id)
+            return SentMessage(message, participants, is_new=True, member_count=len(participants))
         return SentMessage(message, [], is_new=False)
 
     def mark_read(self, user_id: str, conversation_id: str) -> ReadResult:

@@ -534,11 +534,13 @@ class ChatService:
                 return plan_echo(sent.message, connection_id)
             self._message_ends_typing(user, frame.conversation_id)
             message = sent.message
+            listed = sent.participants
             return self._fan_out(
                 new_message_frame(message),
                 message.message_id,
                 user,
-                sent.participants,
+                sent.member_count,
+                (lambda: listed) if listed is not None else (lambda: self._repo.participants(message.conversation_id)),
                 degraded,
                 connection_id,
                 context,
@@ -585,6 +587,7 @@ class ChatService:
         """
         with self._repo.change_conversation(frame.conversation_id, user) as change:
             roles.member(change.conversation)
+            member_count = change.conversation.member_count
             message = change.message(frame.message_id)
             if message is None:
                 raise BadRequest("messageId must name a message of this conversation")
@@ -614,16 +617,26 @@ class ChatService:
             update = reactions_updated_frame(shown, user, frame.emoji, frame.add)
         if changed is None:
             return [Push(connection_id, update)]
-        participants = self._repo.participants(frame.conversation_id)
         delivery = f"{shown.message_id}:{shown.change_seq}"
-        return self._fan_out(update, delivery, user, participants, degraded, connection_id, context, endpoint)
+        return self._fan_out(
+            update,
+            delivery,
+            user,
+            member_count,
+            lambda: self._repo.participants(frame.conversation_id),
+            degraded,
+            connection_id,
+            context,
+            endpoint,
+        )
 
     def _fan_out(
         self,
         frame: JSONObject,
         delivery_id: str,
         sender: str,
-        participants: list[str],
+        member_count: int,
+        read_participants: Callable[[], list[str]],
         degraded: bool,
         connection_id: str,
         context: FrameContext,
@@ -632,14 +645,25 @@ class ChatService:
         """A message's frame (new, edited, deleted, reactions) to every connection of every member.
 
         Directly, or the sender's own now and the rest through the queue (``FanoutDispatcher``;
-        ``delivery_id`` names the delivery for its exactly-once claims). With the registry out of reach
-        only the sending connection is answered, with a notice that live delivery is degraded.
+        ``delivery_id`` names the delivery for its exactly-once claims). A conversation of more than
+        FANOUT_EXPAND_MEMBERS is queued whole, as one expansion, before anyone's connections are looked
+        up but the sender's: the members are read only on the paths that need them. With the registry
+        out of reach only the sending connection is answered, with a notice that live delivery is degraded.
         """
+        conversation_id = str(frame["conversationId"])
+        if not degraded and self._fanout is not None and self._fanout.expands(member_count):
+            own = self._connections_or_none([sender])
+            if own is not None:
+                expanded = self._fanout.plan_expansion(
+                    frame, conversation_id, delivery_id, sender, member_count, own, connection_id, endpoint
+                )
+                if expanded is not None:
+                    return expanded
+        participants = read_participants()
         connections = None if degraded else self._connections_or_none(participants)
         if connections is None:
             notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
             return [Push(connection_id, frame), Push(connection_id, notice)]
-        conversation_id = str(frame["conversationId"])
         if self._fanout is not None:
             return self._fanout.plan_frame(
                 frame, conversation_id, delivery_id, sender, participants, connections, connection_id, endpoint

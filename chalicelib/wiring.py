@@ -221,7 +221,10 @@ def get_fanout_dispatcher() -> FanoutDispatcher:
 
     settings = get_settings()
     return FanoutDispatcher(
-        get_fanout_queue, threshold=settings.fanout_queue_threshold, shard_size=settings.fanout_shard_size
+        get_fanout_queue,
+        threshold=settings.fanout_queue_threshold,
+        shard_size=settings.fanout_shard_size,
+        expand_members=settings.fanout_expand_members,
     )
 
 
