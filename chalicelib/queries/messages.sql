@@ -37,7 +37,13 @@ WITH allocated AS (
     UPDATE participant_table p
     SET mention_count = p.mention_count + 1
     FROM inserted i
-    WHERE p.conversation_id = :conversation_id AND p.user_id = ANY(CAST(:mentions AS text[]))
+    -- The cardinality test is on a parameter alone, a one-time filter: a send without mentions touches
+    -- no participant here. Without it the prepared statement's generic plan, which takes a group for a
+    -- couple of members, scanned all of the conversation's participant rows (3.3 ms at 10,000 members).
+    WHERE cardinality(CAST(:mentions AS text[])) > 0
+      AND (p.conversation_id, p.user_id) IN (
+          SELECT CAST(:conversation_id AS uuid), u.user_id FROM unnest(CAST(:mentions AS text[])) AS u(user_id)
+      )
       AND p.user_id <> :sender_id
     RETURNING p.user_id
 )
