@@ -8,9 +8,10 @@ invocation in a child process (``python -m bench.lambda_process``), which import
 across invocations, as an execution environment does; it serves one invocation at a time.
 
 The child has the parent's environment (the same settings, database and Redis), and the same
-``FANOUT_QUEUE_URL=local:<name>``: there it names a stand-in queue that only records ``retry_later`` (the
-worker's ``ChangeMessageVisibility``), which the parent then applies to the real local queue. Each line on the
-pipe is JSON: ``{"event", "timeout_s"}`` in, ``{"answer", "retries"}`` (or ``{"error"}``) out.
+``FANOUT_QUEUE_URL=local:<name>``: there it names a stand-in queue that records what the worker asks of it,
+``retry_later`` (its ``ChangeMessageVisibility``) and ``send`` (an expansion's shards), which the parent then
+applies to the real local queue. Each line on the pipe is JSON: ``{"event", "timeout_s"}`` in,
+``{"answer", "retries", "sent"}`` (or ``{"error"}``) out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from chalicelib.queue import QueueUnavailable, register_local_queue
+from chalicelib.queue import register_local_queue
 from local.queue import LambdaContext, LocalQueue
 
 
@@ -49,6 +50,7 @@ class LambdaProcess:
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
             raise RuntimeError(f"fanout_worker raised {reply['error']}")
+        self._queue.send(reply["sent"])
         for handle, delay in reply["retries"]:
             self._queue.retry_later(handle, delay)
         return reply["answer"]
@@ -88,14 +90,15 @@ class LambdaProcess:
                 process.wait()
 
 
-class _RecordedRetries:
-    """The child's fan-out queue: the worker only asks it for ``retry_later``, which the parent applies."""
+class _RecordedQueue:
+    """The child's fan-out queue: what the worker sends and asks back, for the parent to apply."""
 
     def __init__(self) -> None:
         self.retries: list[tuple[str, int]] = []
+        self.sent: list[str] = []
 
     def send(self, bodies: Sequence[str]) -> None:
-        raise QueueUnavailable("the fan-out worker process only consumes")
+        self.sent.extend(bodies)
 
     def retry_later(self, receipt_handle: str, delay_s: int) -> None:
         self.retries.append((receipt_handle, delay_s))
@@ -108,16 +111,17 @@ def main() -> None:
     import app as chat_app
 
     url = os.environ.get("FANOUT_QUEUE_URL", "")
-    retries = _RecordedRetries()
+    queue = _RecordedQueue()
     if url.startswith("local:"):
-        register_local_queue(url.removeprefix("local:"), retries)
+        register_local_queue(url.removeprefix("local:"), queue)
     print("ready", file=channel, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        retries.retries.clear()
+        queue.retries.clear()
+        queue.sent.clear()
         try:
             answer = chat_app.fanout_worker(request["event"], LambdaContext("fanout_worker", request["timeout_s"]))
-            reply: dict[str, Any] = {"answer": answer, "retries": retries.retries}
+            reply: dict[str, Any] = {"answer": answer, "retries": queue.retries, "sent": queue.sent}
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
         print(json.dumps(reply), file=channel, flush=True)

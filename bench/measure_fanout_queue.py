@@ -13,7 +13,9 @@ it records each connection's pushes and the time of the last one.
 
 The group has 10,000 members, each with one connection: the sender's through the app's ``$connect``, the other
 9,999 registered in the registry directly (the figure is the fan-out, not 10,000 ``$connect`` calls). The send
-goes through ``app.message``; the sender's echo is pushed directly, the rest in shards through the queue.
+goes through ``app.message``; the sender's echo is pushed directly, the rest through the queue: above
+``FANOUT_EXPAND_MEMBERS`` (2,000) as one expansion, which the worker turns into shards, so the queue hop
+measured below is two hops (the expansion's, then its shards').
 
 Timing: from just before ``app.message`` to the endpoint's last recorded push. The queue hop is the time from
 the send to the first queued push (the first push to a connection other than the sender's).
@@ -41,7 +43,7 @@ from bench.phase import settings
 from bench.recording_endpoint import RecordingEndpoint
 from chalicelib import wiring
 from chalicelib.config import get_settings
-from chalicelib.fanout import Shard
+from chalicelib.fanout import Expansion, Shard, parse_queued
 from chalicelib.queue import register_local_queue, unregister_local_queue
 from local.queue import LocalQueue, LocalQueueWorker
 
@@ -140,6 +142,14 @@ def _timed_send(
     return outcome
 
 
+def _shards_to_come(bodies: Sequence[str], members: Sequence[str]) -> list[Shard]:
+    """The shards the queue holds, or those its one expansion will be turned into (the worker's own rule)."""
+    queued = [parse_queued(body) for body in bodies]
+    if len(queued) == 1 and isinstance(queued[0], Expansion):
+        return queued[0].shards_for(sorted(members))
+    return [item for item in queued if isinstance(item, Shard)]
+
+
 def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
     name = f"bench-fanout-{ctx.run_id}"
     results: dict[str, Any] = {"load before": os.getloadavg()}
@@ -229,7 +239,7 @@ def _run(
     endpoint.reset()
     calls, failed_before = handler.calls, handler.failed_shards
     send_frame(sender, _send(group))
-    shards = [Shard.parse(body) for body in queue.bodies()]
+    shards = _shards_to_come(queue.bodies(), list(connection_of))
     victims = [connection_of[member] for member in shards[FAILED_SHARD].members]
     middle = len(victims) // 2 - FAILED_CONNECTIONS // 2
     endpoint.fail(config.push_max_attempts, victims[middle : middle + FAILED_CONNECTIONS])
