@@ -534,13 +534,12 @@ class ChatService:
                 return plan_echo(sent.message, connection_id)
             self._message_ends_typing(user, frame.conversation_id)
             message = sent.message
-            listed = sent.participants
             return self._fan_out(
                 new_message_frame(message),
                 message.message_id,
                 user,
                 sent.member_count,
-                (lambda: listed) if listed is not None else (lambda: self._repo.participants(message.conversation_id)),
+                sent.participants,
                 degraded,
                 connection_id,
                 context,
@@ -623,7 +622,7 @@ class ChatService:
             delivery,
             user,
             member_count,
-            lambda: self._repo.participants(frame.conversation_id),
+            None,
             degraded,
             connection_id,
             context,
@@ -636,7 +635,7 @@ class ChatService:
         delivery_id: str,
         sender: str,
         member_count: int,
-        read_participants: Callable[[], list[str]],
+        participants: list[str] | None,
         degraded: bool,
         connection_id: str,
         context: FrameContext,
@@ -647,8 +646,9 @@ class ChatService:
         Directly, or the sender's own now and the rest through the queue (``FanoutDispatcher``;
         ``delivery_id`` names the delivery for its exactly-once claims). A conversation of more than
         FANOUT_EXPAND_MEMBERS is queued whole, as one expansion, before anyone's connections are looked
-        up but the sender's: the members are read only on the paths that need them. With the registry
-        out of reach only the sending connection is answered, with a notice that live delivery is degraded.
+        up but the sender's. ``participants`` None: not read yet, and read only on the paths that need
+        them. With the registry out of reach only the sending connection is answered, with a notice that
+        live delivery is degraded.
         """
         conversation_id = str(frame["conversationId"])
         if not degraded and self._fanout is not None and self._fanout.expands(member_count):
@@ -659,9 +659,12 @@ class ChatService:
                 )
                 if expanded is not None:
                     return expanded
-        participants = read_participants()
-        connections = None if degraded else self._connections_or_none(participants)
-        if connections is None:
+        connections = None
+        if not degraded:
+            if participants is None:
+                participants = self._repo.participants(conversation_id)
+            connections = self._connections_or_none(participants)
+        if participants is None or connections is None:
             notice = error_frame(DeliveryDegraded(), context.action, context.temp_message_id)
             return [Push(connection_id, frame), Push(connection_id, notice)]
         if self._fanout is not None:
