@@ -285,22 +285,21 @@ class FanoutDispatcher:
         """Whether a conversation this big is queued whole (``plan_expansion``), before any member is read."""
         return self._expand_members is not None and member_count > self._expand_members and self._queue() is not None
 
-    def plan_expansion(
+    def queue_whole(
         self,
         frame: JSONObject,
         conversation_id: str,
         delivery_id: str,
-        sender: str,
         member_count: int,
-        sender_connections: Mapping[str, Sequence[str]],
-        sending_connection: str,
         endpoint: str,
-    ) -> list[Push] | None:
-        """Queue the whole fan-out as one expansion; the pushes to make now are the sender's own connections,
-        the sending one first. None if the queue refused it: the caller fans out as for a smaller group."""
+        *,
+        sender: str = "",
+    ) -> bool:
+        """Queue one expansion: ``frame`` to every member but ``sender`` (nobody, by default: no user id is
+        empty). False if there is no queue or it refused: the caller pushes as for a smaller conversation."""
         queue = self._queue()
         if queue is None:
-            return None
+            return False
         expansion = Expansion(
             conversation_id,
             delivery_id,
@@ -314,6 +313,23 @@ class FanoutDispatcher:
             queue.send([expansion.body()])
         except QueueUnavailable as error:
             log.warning("fan-out queue unavailable (%s); the expansion is fanned out from here", error)
+            return False
+        return True
+
+    def plan_expansion(
+        self,
+        frame: JSONObject,
+        conversation_id: str,
+        delivery_id: str,
+        sender: str,
+        member_count: int,
+        sender_connections: Mapping[str, Sequence[str]],
+        sending_connection: str,
+        endpoint: str,
+    ) -> list[Push] | None:
+        """Queue the whole fan-out as one expansion; the pushes to make now are the sender's own connections,
+        the sending one first. None if the queue refused it: the caller fans out as for a smaller group."""
+        if not self.queue_whole(frame, conversation_id, delivery_id, member_count, endpoint, sender=sender):
             return None
         own = [Push(connection_id, frame) for connection_id in connections_of([sender], sender_connections)]
         own.sort(key=lambda push: push.connection_id != sending_connection)

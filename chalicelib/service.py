@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,7 +295,7 @@ class ChatService:
                 raise BadRequest(f"A conversation has at most {self._settings.max_participants} participants")
             added = change.add(fresh) if fresh else []
         if added:
-            self._announce_members(conversation_id, caller, added=added)
+            self._announce_members(conversation_id, caller, change.conversation.member_count + len(added), added=added)
         return {"added": added}
 
     def remove_participant(self, caller: str, conversation_id: str, user_id: str) -> JSONObject:
@@ -308,7 +309,14 @@ class ChatService:
             return {"removed": []}
         handed_over = {removal.new_owner: "owner"} if removal.new_owner else {}
         # The removed member hears of it too (and of nothing after).
-        self._announce_members(conversation_id, caller, removed=[user_id], changed_roles=handed_over, also=[user_id])
+        self._announce_members(
+            conversation_id,
+            caller,
+            change.conversation.member_count - 1,
+            removed=[user_id],
+            changed_roles=handed_over,
+            also=[user_id],
+        )
         return {"removed": [user_id]}
 
     def set_participant_role(
@@ -322,7 +330,9 @@ class ChatService:
             roles.may_set_role(change.conversation, caller, user_id, target_role)
             changed = target_role != role and change.set_role(user_id, role)
         if changed:
-            self._announce_members(conversation_id, caller, changed_roles={user_id: role})
+            self._announce_members(
+                conversation_id, caller, change.conversation.member_count, changed_roles={user_id: role}
+            )
         return {"userId": user_id, "role": role}
 
     def rename_conversation(self, caller: str, conversation_id: str, raw_body: str | bytes | None) -> JSONObject:
@@ -335,7 +345,7 @@ class ChatService:
                 change.rename(title)
         if changed:
             frame = conversation_updated_frame(conversation_id, title, caller)
-            self._publish(frame, self._repo.participants(conversation_id))
+            self._publish_to_members(frame, conversation_id, change.conversation.member_count, None)
         return self.get_conversation(caller, conversation_id)
 
     def update_settings(self, caller: str, conversation_id: str, raw_body: str | bytes | None) -> JSONObject:
@@ -354,19 +364,26 @@ class ChatService:
         self,
         conversation_id: str,
         by: str,
+        member_count: int,
         *,
         added: Sequence[str] = (),
         removed: Sequence[str] = (),
         changed_roles: Mapping[str, str] | None = None,
         also: Sequence[str] = (),
     ) -> None:
-        """``participants-updated`` to every member after the change, and to ``also`` (those just removed)."""
+        """``participants-updated`` to every member after the change (``member_count`` of them), and to
+        ``also`` (those just removed). The members are read only for a frame that lists them."""
         self._forget_typing_members(conversation_id)  # before any push: removed members stop signalling now
-        members = self._repo.participants(conversation_id)
+        members = self._repo.participants(conversation_id) if member_count <= FRAME_PARTICIPANTS_MAX else None
         frame = participants_updated_frame(
-            conversation_id, by, added=added, removed=removed, roles=changed_roles, participants=_listable(members)
+            conversation_id,
+            by,
+            added=added,
+            removed=removed,
+            roles=changed_roles,
+            participants=None if members is None else _listable(members),
         )
-        self._publish(frame, [*members, *also])
+        self._publish_to_members(frame, conversation_id, member_count, members, also=also)
 
     def _announce_created(self, conversation_id: str, caller: str, members: Sequence[str]) -> None:
         conversation = self._repo.member_conversation(conversation_id, caller)
@@ -378,7 +395,31 @@ class ChatService:
             conversation.created_at,
             _listable(members),
         )
-        self._publish(frame, members)
+        self._publish_to_members(frame, conversation_id, len(members), list(members))
+
+    def _publish_to_members(
+        self,
+        frame: JSONObject,
+        conversation_id: str,
+        member_count: int,
+        members: list[str] | None,
+        also: Sequence[str] = (),
+    ) -> None:
+        """``frame`` to every member's connections (``members`` None: read them if needed), and to ``also``'s.
+
+        A conversation of more than FANOUT_EXPAND_MEMBERS is queued whole, as a message is: the request
+        looks up nobody's connections but ``also``'s, which are pushed from here (they are members no more).
+        """
+        endpoint = self._settings.connections_endpoint_url
+        if endpoint and self._fanout is not None and self._fanout.expands(member_count):
+            delivery = f"{frame['type']}:{uuid.uuid4()}"  # each announcement is its own delivery
+            if self._fanout.queue_whole(frame, conversation_id, delivery, member_count, endpoint):
+                if also:
+                    self._publish(frame, also)
+                return
+        if members is None:
+            members = self._repo.participants(conversation_id)
+        self._publish(frame, [*members, *also])
 
     def _publish(self, frame: JSONObject, users: Sequence[str]) -> PushReport:
         """One frame to every connection of these users, from a REST call (no event names the endpoint).

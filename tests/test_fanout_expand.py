@@ -19,7 +19,7 @@ from chalicelib.registry import RedisRegistry
 from chalicelib.repository import ChatRepository
 from local.recording_sink import RecordingSink
 from tests.conftest import Sockets
-from tests.test_fanout_queue import MEMBERS, Fanout, big_group, deliveries, fanout  # noqa: F401 - fanout: fixture
+from tests.test_fanout_queue import MEMBERS, Fanout, Group, big_group, deliveries, fanout  # noqa: F401 - fixture
 
 EXPAND_ABOVE = 5  # the group has 11 members
 
@@ -30,10 +30,17 @@ def expanding(fanout: Fanout, configure: Any) -> Fanout:  # noqa: F811 - the imp
     return fanout
 
 
+def settled_group(expanding: Fanout, rest: Any, sockets: Sockets) -> Group:
+    """test_fanout_queue's big group, its own conversation-created expansion (queued too) pushed and gone."""
+    group = big_group(rest, sockets)
+    expanding.worker.drain()
+    return group
+
+
 def test_the_sending_handler_looks_up_only_the_sender_and_the_worker_reaches_everyone_once(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
     looked_up: list[list[str]] = []
     members_read: list[str] = []
     real_lookup, real_members = RedisRegistry.connections_for, ChatRepository.participants
@@ -67,7 +74,7 @@ def test_the_sending_handler_looks_up_only_the_sender_and_the_worker_reaches_eve
 def test_an_expansion_delivered_twice_still_pushes_each_connection_once(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
     echo = sockets.message(group.sender_connections[0], group.conversation_id, "expanded twice")
     (received,) = expanding.queue.receive(10)
     expanding.queue.delete(received.receipt_handle)
@@ -82,7 +89,7 @@ def test_an_expansion_delivered_twice_still_pushes_each_connection_once(
 def test_an_expansion_whose_shards_the_queue_refused_comes_back_and_duplicates_nothing(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
     echo = sockets.message(group.sender_connections[0], group.conversation_id, "queue hiccup")
     real_send = expanding.queue.send
     refusals = [1]
@@ -108,7 +115,7 @@ def test_an_expansion_whose_shards_the_queue_refused_comes_back_and_duplicates_n
 def test_a_queue_out_of_reach_at_send_time_fans_out_from_the_handler(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
 
     def refuse(bodies: Any) -> None:
         raise QueueUnavailable("unreachable", frozenset())
@@ -123,7 +130,7 @@ def test_a_queue_out_of_reach_at_send_time_fans_out_from_the_handler(
 def test_a_member_removed_before_the_expansion_runs_gets_nothing(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
     echo = sockets.message(group.sender_connections[0], group.conversation_id, "not for the leaver")
     leaver, leaver_connections = next(iter(group.connections.items()))
     status, _ = rest.json("DELETE", f"/conversations/{group.conversation_id}/participants/{leaver}", leaver)
@@ -137,7 +144,7 @@ def test_a_member_removed_before_the_expansion_runs_gets_nothing(
 def test_edits_of_a_message_in_a_big_group_are_expanded_too(
     expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
 ) -> None:
-    group = big_group(rest, sockets)
+    group = settled_group(expanding, rest, sockets)
     echo = sockets.message(group.sender_connections[0], group.conversation_id, "tpyo")
     expanding.worker.drain()
     frame = {
@@ -168,3 +175,45 @@ def test_every_member_lands_in_one_fixed_shard_and_the_sender_in_none() -> None:
     for bad in ('{"v": 1, "kind": "expand", "shards": 0}', '{"v": 1, "kind": "expand"}', "[]", "not json"):
         with pytest.raises(ValueError):
             parse_queued(bad)
+
+
+def _frames(sink: RecordingSink, connection: str, kind: str) -> list[dict[str, Any]]:
+    return [frame for frame in sink.json_frames(connection) if frame.get("type") == kind]
+
+
+def test_a_member_leaving_a_big_group_is_announced_through_the_queue(
+    expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = settled_group(expanding, rest, sockets)
+    leaver, leaver_connections = next(iter(group.connections.items()))
+    staying = [c for c in group.every_connection() if c not in leaver_connections]
+    looked_up: list[list[str]] = []
+    real_lookup = RedisRegistry.connections_for
+
+    def lookup(registry: RedisRegistry, users: Any) -> Any:
+        looked_up.append(list(users))
+        return real_lookup(registry, users)
+
+    monkeypatch.setattr(RedisRegistry, "connections_for", lookup)
+    status, _ = rest.json("DELETE", f"/conversations/{group.conversation_id}/participants/{leaver}", leaver)
+    assert status == 200
+    assert looked_up == [[leaver]]  # the leaver hears of it from the request; the members through the queue
+    assert all(len(_frames(sink, c, "participants-updated")) == 1 for c in leaver_connections)
+    assert all(not _frames(sink, c, "participants-updated") for c in staying)
+    expanding.worker.drain()
+    for connection in group.every_connection():
+        (frame,) = _frames(sink, connection, "participants-updated")
+        assert frame["removed"] == [leaver] and frame["conversationId"] == group.conversation_id, connection
+        assert frame["participants"] is not None and leaver not in frame["participants"]
+
+
+def test_a_renamed_big_group_reaches_every_connection_once_through_the_queue(
+    expanding: Fanout, rest: Any, sockets: Sockets, sink: RecordingSink
+) -> None:
+    group = settled_group(expanding, rest, sockets)
+    status, _ = rest.json("PATCH", f"/conversations/{group.conversation_id}", group.sender, {"title": "Renamed"})
+    assert status == 200
+    assert [type(item) for item in (parse_queued(body) for body in expanding.queue.bodies())] == [Expansion]
+    expanding.worker.drain()
+    for connection in group.every_connection():
+        assert [f["title"] for f in _frames(sink, connection, "conversation-updated")] == ["Renamed"], connection
