@@ -9,7 +9,7 @@ scratch conversations, so the dataset's invariants hold afterwards.
 Each round adds 100 new users (one timed ``add_participants``) and then removes those 100 one by one (each
 removal timed), so the group stays between 10,000 and 10,100 members. No member of the group holds a
 connection: every change still looks up all members' connections in Redis for its ``participants-updated``
-push, but pushes nothing.
+push, but pushes nothing. Then a few rounds with a fan-out queue configured, where that push is queued whole.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ from typing import Any
 from bench.context import BenchContext
 from bench.phase import interleaved, settings
 from bench.timing import Stats, measure
+from chalicelib.fanout import Expansion, parse_queued
+from chalicelib.queue import register_local_queue, unregister_local_queue
 from chalicelib.service import ChatService
 from chalicelib.wiring import get_service
+from local.queue import LocalQueue
 
 BIG = 10_000
 SMALL = 10
 ADDED = 100
 ROUNDS = 12
+QUEUED_ROUNDS = 3
 
 
 def _group(ctx: BenchContext, members: list[str]) -> str:
@@ -54,6 +58,32 @@ def _round(service: ChatService, owner: str, group: str, added: list[str]) -> tu
     return add.samples[0], removed.samples
 
 
+def _queued_rounds(ctx: BenchContext, owner: str, group: str, log: Any) -> dict[str, Stats]:
+    """The same rounds with a fan-out queue configured, as deployed: above FANOUT_EXPAND_MEMBERS the
+    ``participants-updated`` push is queued whole (one expansion, not drained here) instead of looking up
+    10,000 members' connections in the request."""
+    queue = LocalQueue(f"bench-members-{ctx.run_id}")
+    adds: list[float] = []
+    removes: list[float] = []
+    with settings({"FANOUT_QUEUE_URL": register_local_queue(queue.name, queue)}):
+        try:
+            service = get_service()
+            for index in range(ctx.iterations(QUEUED_ROUNDS) + 1):
+                added = [ctx.user(f"qadd{index:03d}-{n:03d}") for n in range(ADDED)]
+                add_ms, remove_ms = _round(service, owner, group, added)
+                if index:
+                    adds.append(add_ms)
+                    removes.extend(remove_ms)
+            if not all(isinstance(parse_queued(body), Expansion) for body in queue.bodies()):
+                raise RuntimeError("a membership change was not queued as one expansion")
+        finally:
+            unregister_local_queue(queue.name)
+    results = {"add 100 queued": Stats(adds), "remove queued": Stats(removes)}
+    log(f"  {f'add {ADDED} members to {BIG:,}, queued':<34} {results['add 100 queued']}")
+    log(f"  {f'remove one member of {BIG:,}, queued':<34} {results['remove queued']}")
+    return results
+
+
 def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
     """Stats by name: ``add 100``, ``remove``, ``get 10``, ``get 10k``; and the members each GET returned."""
     with settings({"MAX_PARTICIPANTS": str(BIG + ADDED), "MAX_REQUEST_BYTES": "1000000"}):
@@ -73,6 +103,7 @@ def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
         results: dict[str, Any] = {"add 100": Stats(adds), "remove": Stats(removes)}
         log(f"  {f'add {ADDED} members to {BIG:,}':<34} {results['add 100']}")
         log(f"  {f'remove one member of {BIG:,}':<34} {results['remove']}")
+        results.update(_queued_rounds(ctx, owner, big, log))
 
         shown = {
             label: service.get_conversation(owner, conversation_id)

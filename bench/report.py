@@ -112,6 +112,8 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             "add_100_ms": of(members, "add 100"),
             "add_100_p99_ms": of(members, "add 100", 99),
             "remove_ms": of(members, "remove"),
+            "add_100_queued_ms": of(members, "add 100 queued"),
+            "remove_queued_ms": of(members, "remove queued"),
             "remove_p99_ms": of(members, "remove", 99),
             "group_members": 10_000 if members else None,
         },
@@ -358,6 +360,8 @@ def _later_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
     rows: list[tuple[str, Any, Any, str]] = [
         ("add 100 members to a 10,000-member group", mb.get("add_100_ms"), None, "O(changed members)"),
         ("remove one member of a 10,000-member group", mb.get("remove_ms"), None, "O(changed members)"),
+        ("add 100 members to it, with the fan-out queue", mb.get("add_100_queued_ms"), None, "queued whole"),
+        ("remove one member of it, with the fan-out queue", mb.get("remove_queued_ms"), None, "queued whole"),
         ("GET /conversations/{id}, 10 members, p50", cv.get("get_10_ms"), None, ""),
         (
             f"GET /conversations/{{id}}, 10,000 members ({_fmt(cv.get('get_10k_members_in_body'))} in body), p50",
