@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from types import TracebackType
 
+from bench.child_process import stop
 from local.connections_api import ConnectionInfo, ConnectionsServer
 
 
@@ -66,14 +67,7 @@ class Endpoint:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         process, self._process = self._process, None
-        if process is not None:
-            assert process.stdin is not None
-            process.stdin.close()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout_s=10)
 
 
 def main() -> None:

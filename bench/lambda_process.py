@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from bench.child_process import stop
 from chalicelib.queue import register_local_queue
 from local.queue import LambdaContext, LocalQueue
 
@@ -80,14 +81,7 @@ class LambdaProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         process, self._process = self._process, None
-        if process is not None:
-            assert process.stdin is not None
-            process.stdin.close()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout_s=30)
 
 
 class _RecordedQueue:

@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
+from bench.child_process import stop
 from local.connections_api import ERROR_TYPES, TEST_SIGNING_KEY, SignatureError, verify_signature
 
 VERIFY_EVERY = 50
@@ -251,14 +252,7 @@ class RecordingEndpoint:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         process, self._process = self._process, None
-        if process is not None:
-            assert process.stdin is not None
-            process.stdin.close()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout_s=10)
 
 
 def _commands(loop: asyncio.AbstractEventLoop, recorder: Recorder, done: asyncio.Future[None]) -> None:
