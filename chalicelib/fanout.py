@@ -65,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chalicelib.push import ConnectionsClient, GoneError, Pusher
+from chalicelib.push import ConnectionsClient, GoneError, Pusher, process_pool
 from chalicelib.queue import FanoutQueue, QueueUnavailable
 from chalicelib.registry import ConnectionRegistry, LuaScript, unavailable_on_redis_error
 from chalicelib.wire import JSONObject, Push, connections_of, new_message_frame
@@ -525,17 +525,9 @@ class ShardResult:
     complete: bool = True
 
 
-_shard_pool_lock = threading.Lock()
-_shard_pool: ThreadPoolExecutor | None = None
-
-
 def shared_shard_executor(max_workers: int) -> ThreadPoolExecutor:
-    """One pool per process for the shards of a batch (apart from the push pool), kept across invocations."""
-    global _shard_pool
-    with _shard_pool_lock:
-        if _shard_pool is None:
-            _shard_pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout-shard")
-        return _shard_pool
+    """The pool a batch's shards run on, apart from the push pool whose threads they wait on."""
+    return process_pool("fanout-shard", max_workers)
 
 
 class FanoutWorker:

@@ -160,17 +160,22 @@ def encode_frame(frame: object) -> bytes:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-_executor_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
+_pools_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}
+
+
+def process_pool(name: str, max_workers: int) -> ThreadPoolExecutor:
+    """The process's one pool of this name, kept across warm invocations (its first caller sizes it)."""
+    with _pools_lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+        return pool
 
 
 def shared_executor(max_workers: int) -> ThreadPoolExecutor:
-    """One pool per process, kept across warm invocations."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
-        return _executor
+    """The pool every push runs on."""
+    return process_pool("push", max_workers)
 
 
 class Boto3ConnectionsClient:
