@@ -114,6 +114,14 @@ class Shard:
         """A shard from a queue message's body; ``ValueError`` for anything else (a poison message)."""
         try:
             data = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"unreadable shard: {error}") from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: Any) -> Shard:
+        """A shard from a queue message's decoded body; ``ValueError`` for anything else."""
+        try:
             if not isinstance(data, dict) or data.get("v") != SHARD_VERSION:
                 raise ValueError("not a fan-out shard of this version")
             members = data["members"]
@@ -131,7 +139,7 @@ class Shard:
                 frame,
                 float(data["enqueuedAt"]),
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError) as error:
             raise ValueError(f"unreadable shard: {type(error).__name__}: {error}") from None
 
 
@@ -186,6 +194,9 @@ def parse_queued(body: str) -> Shard | Expansion:
     """A queue message's body: a shard, or an expansion; ``ValueError`` for anything else (a poison message)."""
     try:
         data = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"unreadable queue message: {error}") from None
+    try:
         if isinstance(data, dict) and data.get("v") == SHARD_VERSION and data.get("kind") == "expand":
             shards, frame = data["shards"], data["frame"]
             if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
@@ -201,9 +212,9 @@ def parse_queued(body: str) -> Shard | Expansion:
                 frame,
                 float(data["enqueuedAt"]),
             )
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError) as error:
         raise ValueError(f"unreadable expansion: {type(error).__name__}: {error}") from None
-    return Shard.parse(body)
+    return Shard.from_data(data)
 
 
 def plan_shards(
