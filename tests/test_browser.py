@@ -534,6 +534,7 @@ def test_layout_fits_a_laptop_and_a_phone(
 
     friend_page = sign_in(server, new_context(), friend)
     conversation_item(friend_page, direct).click()
+    expect(message(friend_page, "Great, I'll tell the team")).to_be_visible()  # open: it will read what comes
     page = sign_in(server, new_context(viewport=viewport), me)
     expect(page.get_by_test_id("conversation-item")).to_have_count(2)
     expect(conversation_item(page, group).get_by_test_id("unread-badge")).to_have_text("1")

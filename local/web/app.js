@@ -279,11 +279,29 @@ function badgeText(row) {
   return row.isRead === false ? "•" : "";
 }
 
+// conversationId -> the rendered <li> and what it was rendered from. A row that did not change keeps its
+// element: rebuilding every item on each render (a list reload, a push) could land between a click's mousedown
+// and its mouseup, and a click whose two halves hit different elements is no click at all.
+const listItems = new Map();
+
 function renderConversationList() {
   const rows = [...state.conversations.values()].sort((a, b) =>
     String(b.sentAt ?? "").localeCompare(String(a.sentAt ?? "")),
   );
-  ui.list.replaceChildren(...rows.map(conversationItem));
+  const items = rows.map((row) => {
+    const key = JSON.stringify([row, row.conversationId === state.openId, session.username]);
+    const kept = listItems.get(row.conversationId);
+    if (kept && kept.key === key) return kept.li;
+    const li = conversationItem(row);
+    listItems.set(row.conversationId, { key, li });
+    return li;
+  });
+  const shown = new Set(rows.map((row) => row.conversationId));
+  for (const conversationId of listItems.keys()) if (!shown.has(conversationId)) listItems.delete(conversationId);
+  const current = ui.list.children;
+  if (current.length !== items.length || items.some((li, index) => current[index] !== li)) {
+    ui.list.replaceChildren(...items);
+  }
   ui.listEmpty.hidden = rows.length > 0;
   const unread = rows.filter(isUnread).length;
   document.title = unread ? `(${unread}) Chat` : "Chat";
