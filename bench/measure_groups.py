@@ -15,7 +15,6 @@ fan-out queue configured, as deployed, where the 10,000-member send is queued wh
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -23,9 +22,9 @@ from typing import Any
 
 from bench.context import BenchContext, connect, send_frame
 from bench.measure_ws import _send
+from bench.phase import settings
 from bench.timing import measure
 from bench.wal import Wal, statement_wal
-from chalicelib import wiring
 from chalicelib.db import Database
 from chalicelib.fanout import Expansion, parse_queued
 from chalicelib.queue import register_local_queue, unregister_local_queue
@@ -89,116 +88,106 @@ def _queued_send(ctx: BenchContext, sender_connection: str, conversation_id: str
     sender's connections and queues the fan-out as one expansion (chalicelib/fanout.py). Nothing drains this
     queue: what is timed is the sending handler alone; the queued phase times the rest."""
     queue = LocalQueue(f"bench-groups-{ctx.run_id}")
-    os.environ["FANOUT_QUEUE_URL"] = register_local_queue(queue.name, queue)
-    wiring.reset()
-    try:
-        stats = measure(
-            partial(_frame_send, sender_connection, conversation_id), iterations=ctx.iterations(100), warmup=5
-        )
-        if len(queue) != len(stats.samples) + 5 or not all(
-            isinstance(parse_queued(body), Expansion) for body in queue.bodies()
-        ):
-            raise RuntimeError("a send to the 10,000-member group did not queue one expansion")
-    finally:
-        unregister_local_queue(queue.name)
-        os.environ.pop("FANOUT_QUEUE_URL", None)
-        wiring.reset()
+    with settings({"FANOUT_QUEUE_URL": register_local_queue(queue.name, queue)}):
+        try:
+            stats = measure(
+                partial(_frame_send, sender_connection, conversation_id), iterations=ctx.iterations(100), warmup=5
+            )
+            if len(queue) != len(stats.samples) + 5 or not all(
+                isinstance(parse_queued(body), Expansion) for body in queue.bodies()
+            ):
+                raise RuntimeError("a send to the 10,000-member group did not queue one expansion")
+        finally:
+            unregister_local_queue(queue.name)
     log(f"  {'send-message, 10,000 members, queued':<34} {stats} (one expansion queued per send)")
     return stats
 
 
 def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
     """Every figure of this phase by name (Stats for latencies, numbers for counts and bytes)."""
-    raised = {"MAX_PARTICIPANTS": "10000", "MAX_REQUEST_BYTES": "1000000"}
-    saved = {name: os.environ.get(name) for name in raised}
-    os.environ.update(raised)
-    wiring.reset()
+    with settings({"MAX_PARTICIPANTS": "10000", "MAX_REQUEST_BYTES": "1000000"}):
+        return _measure(ctx, log)
+
+
+def _measure(ctx: BenchContext, log: Any) -> dict[str, Any]:
     service, database = get_service(), get_database()
     results: dict[str, Any] = {}
-    try:
-        members = [ctx.user(f"m{index:05d}") for index in range(max(SIZES.values()))]
+    members = [ctx.user(f"m{index:05d}") for index in range(max(SIZES.values()))]
 
-        for label, size in SIZES.items():
-            iterations = ctx.iterations(5 if size <= 1000 else 3)
-            stats = measure(partial(_group, ctx, members[:size]), iterations=iterations, warmup=1)
-            log(f"  {f'create group, {size:,} members':<34} {stats}")
-            results[f"create {label}"] = stats
-        groups = {label: _group(ctx, members[:size]) for label, size in SIZES.items()}
-        group_100 = _group(ctx, members[:100])
-        body = json.dumps({"recipientIdArr": [ctx.user("dm-b")], "isGroup": False, "title": ""})
-        direct = str(service.create_conversation(ctx.user("dm-a"), body)["conversationId"])
-        ctx.scratch_conversations.append(direct)
+    for label, size in SIZES.items():
+        iterations = ctx.iterations(5 if size <= 1000 else 3)
+        stats = measure(partial(_group, ctx, members[:size]), iterations=iterations, warmup=1)
+        log(f"  {f'create group, {size:,} members':<34} {stats}")
+        results[f"create {label}"] = stats
+    groups = {label: _group(ctx, members[:size]) for label, size in SIZES.items()}
+    group_100 = _group(ctx, members[:100])
+    body = json.dumps({"recipientIdArr": [ctx.user("dm-b")], "isGroup": False, "title": ""})
+    direct = str(service.create_conversation(ctx.user("dm-a"), body)["conversationId"])
+    ctx.scratch_conversations.append(direct)
 
-        # SQL path: the send statement alone, as the repository runs it.
-        sender = members[0]
-        for label, conversation_id, user in (
-            ("direct", direct, ctx.user("dm-a")),
-            ("1k", groups["1k"], sender),
-            ("10k", groups["10k"], sender),
-        ):
-            params = _send_params(conversation_id, user)
-            stats = measure(
-                partial(_sql_send, database, params),
-                iterations=ctx.iterations(300),
-                warmup=30,
-            )
-            log(f"  {f'send SQL, {label}':<34} {stats}")
-            results[f"send sql {label}"] = stats
-
-        # The whole handler, 10% of the members online.
-        online = members[::ONLINE_EVERY]
-        connections = {user: connect(ctx, user) for user in online}
-        results["online members 10k"] = len(online)
-        for label, size in SIZES.items():
-            expected = len(members[:size:ONLINE_EVERY])
-            report = service.handle_frame(
-                connections[sender], json.dumps(_send(groups[label])), connections_endpoint("", "")
-            )
-            if len(report.delivered) != expected or report.failed:
-                raise RuntimeError(f"a send to the {label} group reached {len(report.delivered)} of {expected}")
-            results[f"pushes {label}"] = len(report.delivered)
-            iterations = ctx.iterations(100 if size <= 1000 else 40)
-            stats = measure(
-                partial(_frame_send, connections[sender], groups[label]),
-                iterations=iterations,
-                warmup=5,
-            )
-            log(f"  {f'send-message, {size:,} members ({expected:,} online)':<34} {stats}")
-            results[f"send {label}"] = stats
-        results["send 10k queued"] = _queued_send(ctx, connections[sender], groups["10k"], log)
-
-        # A read in the 10,000-member group: above RECEIPTS_MAX_MEMBERS only the reader's own connections hear it.
-        reader = online[1]
-        reader_connection = connections[reader]
-        connect(ctx, reader)  # the reader's second device
-        read = {"action": "read-messages", "conversationId": groups["10k"]}
-
-        def one_unread() -> None:
-            ctx.admin.run(
-                "UPDATE participant_table p SET last_read_seq = c.last_seq - 1 FROM conversation_table c"
-                " WHERE c.conversation_id = p.conversation_id AND p.conversation_id = :c AND p.user_id = :u",
-                c=groups["10k"],
-                u=reader,
-            )
-
-        one_unread()
-        report = service.handle_frame(reader_connection, json.dumps(read), connections_endpoint("", ""))
-        results["read pushes 10k"] = len(report.delivered)
+    # SQL path: the send statement alone, as the repository runs it.
+    sender = members[0]
+    for label, conversation_id, user in (
+        ("direct", direct, ctx.user("dm-a")),
+        ("1k", groups["1k"], sender),
+        ("10k", groups["10k"], sender),
+    ):
+        params = _send_params(conversation_id, user)
         stats = measure(
-            lambda: send_frame(reader_connection, read), setup=one_unread, iterations=ctx.iterations(200), warmup=20
+            partial(_sql_send, database, params),
+            iterations=ctx.iterations(300),
+            warmup=30,
         )
-        log(f"  {'read-messages, 10,000 members':<34} {stats} ({len(report.delivered)} pushes per read)")
-        results["read 10k"] = stats
+        log(f"  {f'send SQL, {label}':<34} {stats}")
+        results[f"send sql {label}"] = stats
 
-        # WAL of one send: the statement's own records (bench/wal.py).
-        results["wal direct"] = _wal(ctx, "direct", direct, ctx.user("dm-a"), log)
-        results["wal 100"] = _wal(ctx, "100 members", group_100, sender, log)
-        results["wal 10k"] = _wal(ctx, "10,000 members", groups["10k"], sender, log)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        wiring.reset()
+    # The whole handler, 10% of the members online.
+    online = members[::ONLINE_EVERY]
+    connections = {user: connect(ctx, user) for user in online}
+    results["online members 10k"] = len(online)
+    for label, size in SIZES.items():
+        expected = len(members[:size:ONLINE_EVERY])
+        report = service.handle_frame(
+            connections[sender], json.dumps(_send(groups[label])), connections_endpoint("", "")
+        )
+        if len(report.delivered) != expected or report.failed:
+            raise RuntimeError(f"a send to the {label} group reached {len(report.delivered)} of {expected}")
+        results[f"pushes {label}"] = len(report.delivered)
+        iterations = ctx.iterations(100 if size <= 1000 else 40)
+        stats = measure(
+            partial(_frame_send, connections[sender], groups[label]),
+            iterations=iterations,
+            warmup=5,
+        )
+        log(f"  {f'send-message, {size:,} members ({expected:,} online)':<34} {stats}")
+        results[f"send {label}"] = stats
+    results["send 10k queued"] = _queued_send(ctx, connections[sender], groups["10k"], log)
+
+    # A read in the 10,000-member group: above RECEIPTS_MAX_MEMBERS only the reader's own connections hear it.
+    reader = online[1]
+    reader_connection = connections[reader]
+    connect(ctx, reader)  # the reader's second device
+    read = {"action": "read-messages", "conversationId": groups["10k"]}
+
+    def one_unread() -> None:
+        ctx.admin.run(
+            "UPDATE participant_table p SET last_read_seq = c.last_seq - 1 FROM conversation_table c"
+            " WHERE c.conversation_id = p.conversation_id AND p.conversation_id = :c AND p.user_id = :u",
+            c=groups["10k"],
+            u=reader,
+        )
+
+    one_unread()
+    report = service.handle_frame(reader_connection, json.dumps(read), connections_endpoint("", ""))
+    results["read pushes 10k"] = len(report.delivered)
+    stats = measure(
+        lambda: send_frame(reader_connection, read), setup=one_unread, iterations=ctx.iterations(200), warmup=20
+    )
+    log(f"  {'read-messages, 10,000 members':<34} {stats} ({len(report.delivered)} pushes per read)")
+    results["read 10k"] = stats
+
+    # WAL of one send: the statement's own records (bench/wal.py).
+    results["wal direct"] = _wal(ctx, "direct", direct, ctx.user("dm-a"), log)
+    results["wal 100"] = _wal(ctx, "100 members", group_100, sender, log)
+    results["wal 10k"] = _wal(ctx, "10,000 members", groups["10k"], sender, log)
     return results
