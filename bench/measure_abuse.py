@@ -11,7 +11,6 @@ has its own, so this is the harder case), and each send's time to its pushes is 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -20,8 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench.context import BenchContext, connect, ws_event
+from bench.phase import settings
 from bench.timing import Stats
-from chalicelib import wiring
 from chalicelib.config import get_settings
 from chalicelib.wiring import connections_endpoint, get_service
 
@@ -33,21 +32,12 @@ PACE_S = 0.15
 
 @contextmanager
 def default_limits() -> Iterator[None]:
-    """The product's own per-user limits for this phase (the benchmark otherwise lifts them)."""
-    saved = {name: os.environ.get(name) for name in DEFAULT_LIMITS}
-    os.environ.update(DEFAULT_LIMITS)
-    wiring.reset()
-    get_settings()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        wiring.reset()
+    """The product's own per-user limits for this phase (the benchmark otherwise lifts them), the settings read
+    at once on the way in and out."""
+    with settings(DEFAULT_LIMITS):
         get_settings()
+        yield
+    get_settings()
 
 
 def _send(conversation_id: str) -> str:
