@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import quote
 
 import pytest
@@ -578,12 +578,13 @@ def group_as(server: LocalServer, owner: str, title: str, *others: str) -> str:
     return str(body["conversationId"])
 
 
-def record_frames(context: BrowserContext) -> list[dict[str, Any]]:
-    """Every frame the server sends to the context's pages, as JSON (filled in as they arrive)."""
+def socket_frames(context: BrowserContext, event: Literal["framereceived", "framesent"]) -> list[dict[str, Any]]:
+    """Every frame the context's pages receive from the server (``framereceived``) or send to it
+    (``framesent``), as JSON, filled in as they pass."""
     frames: list[dict[str, Any]] = []
 
     def on_socket(socket: sync_api.WebSocket) -> None:
-        socket.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+        socket.on(event, lambda payload: frames.append(json.loads(payload)))
 
     context.on("page", lambda page: page.on("websocket", on_socket))
     return frames
@@ -723,7 +724,7 @@ def test_an_added_member_sees_the_history_and_one_who_leaves_stops_receiving(
     direct = server.direct(server.token(alice_user), bob_user)
     alice = sign_in(server, new_context(), alice_user)
     bob_context = new_context()
-    bob_frames = record_frames(bob_context)
+    bob_frames = socket_frames(bob_context, "framereceived")
     bob = sign_in(server, bob_context, bob_user)
     bob_tab2 = sign_in(server, bob_context, bob_user)  # on the list only: it learns of the leave by push
     carol = sign_in(server, new_context(), carol_user)
@@ -861,17 +862,6 @@ def test_a_reload_keeps_the_open_conversation_and_its_read_receipts(
 # -- live signals: typing and presence (issue 15) ---------------------------------------------------------------
 
 
-def sent_frames(context: BrowserContext) -> list[dict[str, Any]]:
-    """Every frame the context's pages send to the server, as JSON (filled in as they go)."""
-    frames: list[dict[str, Any]] = []
-
-    def on_socket(socket: sync_api.WebSocket) -> None:
-        socket.on("framesent", lambda payload: frames.append(json.loads(payload)))
-
-    context.on("page", lambda page: page.on("websocket", on_socket))
-    return frames
-
-
 def typing_sent(frames: list[dict[str, Any]]) -> list[bool]:
     return [bool(frame["typing"]) for frame in frames if frame.get("action") == "typing"]
 
@@ -888,7 +878,7 @@ def test_bob_sees_alice_typing_and_then_her_message(
     bob = sign_in(server, new_context(), bob_user)
     conversation_item(bob, direct).click()
     alice_context = new_context()
-    alice_frames = sent_frames(alice_context)
+    alice_frames = socket_frames(alice_context, "framesent")
     alice = sign_in(server, alice_context, alice_user)
     conversation_item(alice, direct).click()
     indicator = bob.get_by_test_id("typing-indicator")
