@@ -100,8 +100,10 @@ def get_user_direct_conversation(userId: str) -> Any:  # noqa: N803 - the contra
 @api("/conversations", "GET")
 def get_user_conversations() -> Any:
     page = get_service().list_conversations(caller(), query_params(app.current_request))
-    headers: dict[str, str | list[str]] = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
-    return Response(body=page.items, headers=headers)
+    headers: dict[str, str | list[str]] = {"Content-Type": "application/json"}  # the body is JSON text already
+    if page.next_cursor:
+        headers["X-Next-Cursor"] = page.next_cursor
+    return Response(body=page.body, headers=headers)
 
 
 @api("/conversations/{conversationId}", "GET")

@@ -17,7 +17,8 @@ first other member by id; ``sql/0007_groups.sql``, where a group's creator is it
 Version 5 draws the very same random sequence as version 4 and only lays the rows out as 0005 and 0007 do, so a v4
 dataset that migration 0005 upgraded is the v5 dataset (``bench.seed.MIGRATED``). Version 6 adds the change
 numbers of 0008 (each message's change_seq is its seq, each conversation's last_change_seq its last_seq): what
-0008's backfill makes of a v5 dataset.
+0008's backfill makes of a v5 dataset. Version 7 adds 0010's copies of each direct conversation's list row on its
+members' rows, as 0010's backfill makes them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _WORDS = (  # noqa: SIM905 - a sentence reads better than a list of fifty words
 class Params:
     """What the dataset holds; a change of any field means a re-seed."""
 
-    version: int = 6
+    version: int = 7
     seed: int = 4
     users: int = 10_000
     conversations: int = 50_000

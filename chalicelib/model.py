@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import Literal
 
 # --- messages --------------------------------------------------------------------------
 
@@ -163,42 +163,19 @@ class Removal:
     new_owner: str | None = None
 
 
-class ConversationRow(NamedTuple):
-    """One row of a user's conversation list, as the list query emits it.
-
-    A named tuple because the query returns the page as one json array of positional rows
-    (see ``list_user_conversations``): ``ConversationRow._make`` reads one, and its field order is
-    the query's ``json_build_array`` order.
-    """
-
-    conversation_id: str
-    title: str
-    is_group: bool
-    # The latest message's time, or the creation time while the conversation is empty, already in the
-    # wire's ISO-8601 form (the list query formats it; the page's exact time is ConversationPage's).
-    sent_at: str
-    unread_count: int
-    latest_message_id: str | None
-    latest_sender_id: str | None
-    latest_content: str | None
-    peer_id: str | None
-    muted: bool
-    role: str
-    unread_mention_count: int
-    latest_deleted: bool
-    last_change_seq: int
-
-
-CONVERSATION_ROW_FIELDS: tuple[str, ...] = ConversationRow._fields
-
-
 @dataclass(frozen=True, slots=True)
 class ConversationPage:
-    """A page of a user's conversation list, newest activity first."""
+    """A page of a user's conversation list, newest activity first, already encoded as the response body.
 
-    rows: list[ConversationRow]
-    # The exact activity time of the last row (sent_at is rounded down to milliseconds): the next cursor's.
-    last_activity_at: datetime | None
+    The list query writes each row's JSON (``list_user_conversations``, sql/0010): Python passes it on.
+    """
+
+    # The JSON array of GET /conversations rows.
+    body: str
+    row_count: int
+    # Where the next page resumes: after the last row's exact activity time (sentAt is rounded down to
+    # milliseconds) and id. None for an empty page.
+    last: ListCursor | None
 
 
 # --- queries ---------------------------------------------------------------------------
@@ -210,12 +187,6 @@ class ListCursor:
 
     activity_at: datetime
     conversation_id: str
-
-    @classmethod
-    def after(cls, page: ConversationPage) -> ListCursor:
-        """Resume after the page's last row."""
-        assert page.rows and page.last_activity_at is not None
-        return cls(page.last_activity_at, str(page.rows[-1].conversation_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ from chalicelib.errors import CONVERSATION_NOT_FOUND, Conflict, NotFound
 from chalicelib.model import (
     ConversationListQuery,
     ConversationPage,
-    ConversationRow,
     ListCursor,
     LockedConversation,
     Member,
@@ -211,11 +210,10 @@ class ChatRepository:
             read_only=query.is_read is True,
             limit=query.limit,
         )
-        columns: list[list[Any] | None] = result["page"]
-        if columns[0] is None:  # json_agg of no rows is NULL
-            return ConversationPage([], None)
-        rows = [ConversationRow._make(cells) for cells in zip(*columns, strict=True)]
-        return ConversationPage(rows, result["last_activity_at"])
+        if not result["row_count"]:
+            return ConversationPage("[]", 0, None)
+        last = ListCursor(result["last_activity_at"], str(result["last_conversation_id"]))
+        return ConversationPage(f"[{result['rows_json']}]", result["row_count"], last)
 
     # --- connections (the durable copy of the registry's connection -> user) -----------
 

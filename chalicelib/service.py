@@ -45,7 +45,7 @@ from chalicelib.errors import (
     UnknownConnection,
 )
 from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
-from chalicelib.model import ListCursor, MemberConversation, StoredMessage
+from chalicelib.model import MemberConversation, StoredMessage
 from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
@@ -85,7 +85,6 @@ from chalicelib.wire import (
     connections_of,
     conversation_body,
     conversation_created_frame,
-    conversation_row_body,
     conversation_updated_frame,
     error_frame,
     member_page_body,
@@ -128,6 +127,14 @@ class Page:
     """A list body and the cursor of the next page, if there is one."""
 
     items: list[JSONObject]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class EncodedPage:
+    """A list body already encoded as JSON text, and the cursor of the next page, if there is one."""
+
+    body: str
     next_cursor: str | None = None
 
 
@@ -203,13 +210,14 @@ class ChatService:
         conversation_id = self._repo.find_direct_conversation(caller, other)
         return {"conversationId": conversation_id} if conversation_id else None
 
-    def list_conversations(self, caller: str, params: Mapping[str, str]) -> Page:
+    def list_conversations(self, caller: str, params: Mapping[str, str]) -> EncodedPage:
+        """GET /conversations: the body as the list query wrote it (its rows' fields: wire.py)."""
         query = parse_conversation_list_query(params, lambda token: decode_cursor(token, caller, self._cursor_key))
         page = self._repo.user_conversations(caller, query)
         next_cursor = None
-        if query.paged and len(page.rows) == query.limit:
-            next_cursor = encode_cursor(ListCursor.after(page), caller, self._cursor_key)
-        return Page([conversation_row_body(row) for row in page.rows], next_cursor)
+        if query.paged and page.last is not None and page.row_count == query.limit:
+            next_cursor = encode_cursor(page.last, caller, self._cursor_key)
+        return EncodedPage(page.body, next_cursor)
 
     def get_conversation(self, caller: str, conversation_id: str) -> JSONObject:
         """The conversation with its members and read positions: all of them up to MAX_MEMBERS_PAGE,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.errors import ChatError, InternalError
-from chalicelib.model import ConversationRow, Member, MemberConversation, ReadReceipt, StoredMessage
+from chalicelib.model import Member, MemberConversation, ReadReceipt, StoredMessage
 
 JSONObject = dict[str, Any]
 # The codes an ``error`` frame may carry (CONTRACT.md sections 2 and 5-8).
@@ -99,47 +99,27 @@ def _lifecycle(message: StoredMessage) -> JSONObject:
     }
 
 
-def conversation_row_body(row: ConversationRow) -> JSONObject:
-    """One row of GET /conversations; a conversation without messages reads as read.
-
-    ``sent_at`` is the latest message's ``sentAt``, or the creation time while the conversation
-    is empty (the schema keeps them equal), formatted as :func:`iso` does by the list query.
-    """
-    (
-        conversation_id,
-        title,
-        is_group,
-        sent_at,
-        unread_count,
-        latest_message_id,
-        latest_sender_id,
-        latest_content,
-        peer_id,
-        muted,
-        role,
-        unread_mention_count,
-        latest_deleted,
-        last_change_seq,
-    ) = row  # unpacked positionally: a 500-row list pays for no attribute lookups
-    # The cells come from json already typed as ConversationRow declares them: no conversions here.
-    has_message = latest_message_id is not None
-    return {
-        "conversationId": conversation_id,
-        "title": title,
-        "isGroup": is_group,
-        "sentAt": sent_at,
-        "latestContent": latest_content if has_message else "",
-        "senderId": latest_sender_id if has_message else "",
-        "isRead": unread_count == 0,
-        "participantId": peer_id or "",
-        "unreadCount": unread_count,
-        "latestMessageId": latest_message_id,
-        "muted": muted,
-        "role": role,
-        "unreadMentionCount": unread_mention_count,
-        "latestDeleted": latest_deleted and has_message,
-        "changeSeq": last_change_seq,
-    }
+# The fields of a GET /conversations row. The database writes these rows (the list query and
+# sql/0010's list_row_part: the list is returned as the JSON text it builds, never decoded here):
+# a conversation without messages has latestContent "" and senderId "", reads as read, and its sentAt
+# is its creation time; sentAt is formatted as iso() does; participantId is "" when nobody else is in.
+CONVERSATION_ROW_FIELDS = (
+    "conversationId",
+    "title",
+    "isGroup",
+    "sentAt",
+    "latestContent",
+    "senderId",
+    "isRead",
+    "participantId",
+    "unreadCount",
+    "latestMessageId",
+    "muted",
+    "role",
+    "unreadMentionCount",
+    "latestDeleted",
+    "changeSeq",
+)
 
 
 def conversation_body(

@@ -8,9 +8,11 @@ reproduces the REST history.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,8 +24,10 @@ from chalicelib.config import get_settings
 from chalicelib.db import Database
 from chalicelib.repository import ChatRepository
 from chalicelib.service import ChatService
+from chalicelib.sql import query
+from chalicelib.wire import CONVERSATION_ROW_FIELDS
 from tests.conftest import Rest, Sockets, new_user
-from tests.databases import message_count
+from tests.databases import connect, message_count
 
 Configure = Callable[..., None]
 
@@ -485,3 +489,80 @@ def test_replaying_the_change_feed_reproduces_the_history(rest: Rest, sockets: S
         since = changes(rest, alice, conversation_id, start)["changes"]
         assert all(m["changeSeq"] > start for m in since)
         assert {m["messageId"] for m in since} == {i for i, m in truth.items() if m["changeSeq"] > start}
+
+
+# --- the list rows of direct conversations (sql/0010) ------------------------------------------------
+
+
+def list_bodies_with_and_without_the_copies(user: str, conversation_id: str) -> tuple[Any, Any]:
+    """The user's list as the app reads it (a direct conversation from the member's own row, sql/0010) and
+    as it reads once that copy is gone (through the conversation's row, as for a group), in one snapshot."""
+    arguments = {
+        "user_id": user,
+        "cursor_at": datetime.max.replace(tzinfo=UTC),
+        "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "unread_only": False,
+        "read_only": False,
+        "limit": 100,
+    }
+    connection = connect(os.environ["DATABASE_URL"])
+    try:
+        connection.run("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        [[copied, *_]] = connection.run(query("list_user_conversations"), **arguments)
+        cleared = connection.run(
+            "UPDATE participant_table SET inbox_activity_at = NULL, inbox_last_seq = NULL, inbox_fragment = NULL"
+            " WHERE conversation_id = CAST(:c AS uuid) RETURNING 1",
+            c=conversation_id,
+        )
+        assert len(cleared) == 2
+        [[read_through, *_]] = connection.run(query("list_user_conversations"), **arguments)
+        connection.run("ROLLBACK")
+    finally:
+        connection.close()
+    return json.loads(f"[{copied}]"), json.loads(f"[{read_through}]")
+
+
+def test_a_direct_conversations_copied_list_row_reads_as_its_conversation_row(chat: Chat, rest: Rest) -> None:
+    """Every kind of change of a direct conversation refreshes both members' copies (the trigger of sql/0010),
+    and the list shows the same row from the copy as from the conversation row."""
+    awkward = 'quote " backslash \\ newline \n tab \t é 👍 \u2028 <b>&'
+    long = "y" * 399 + awkward  # over 400 characters: not on the conversation row, only in message_table
+    sent = chat.sockets.message(chat.a, chat.direct, awkward)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("sent", lambda: None),
+        ("read", lambda: chat.sockets.send(chat.b, frame("read-messages", chat.direct))),
+        (
+            "reacted",
+            lambda: chat.sockets.send(
+                chat.b, frame("react", chat.direct, messageId=sent["messageId"], emoji="👍", add=True)
+            ),
+        ),
+        (
+            "edited",
+            lambda: chat.sockets.send(
+                chat.a, frame("edit-message", chat.direct, messageId=sent["messageId"], content=long)
+            ),
+        ),
+        (
+            "deleted",
+            lambda: chat.sockets.send(chat.a, frame("delete-message", chat.direct, messageId=sent["messageId"])),
+        ),
+        (
+            "long",
+            lambda: chat.sockets.send(chat.b, frame("send-message", chat.direct, content=long, tempMessageId="long")),
+        ),
+    ]
+    seen = []
+    for step, act in steps:
+        act()
+        for user in (chat.alice, chat.bob):
+            copied, read_through = list_bodies_with_and_without_the_copies(user, chat.direct)
+            assert copied == read_through, step
+            [row] = [row for row in copied if row["conversationId"] == chat.direct]
+            assert set(row) == set(CONVERSATION_ROW_FIELDS), step
+            assert row == rest.json("GET", "/conversations", user)[1][0], step
+            seen.append((step, user == chat.bob, row["latestContent"], row["unreadCount"], row["muted"]))
+    by_bob = {(step, content, unread, muted) for step, bob, content, unread, muted in seen if bob}
+    assert ("sent", awkward, 1, False) in by_bob and ("read", awkward, 0, False) in by_bob
+    assert ("reacted", awkward, 0, False) in by_bob and ("edited", long, 0, False) in by_bob
+    assert ("deleted", "", 0, False) in by_bob and ("long", long, 0, False) in by_bob

@@ -8,6 +8,7 @@ it never silently replaces. ``sql/schema.sql`` describes exactly what the migrat
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import socket
@@ -399,32 +400,54 @@ def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
         group: ("a", "c"),
         long_chat: ("e", "f"),
     }
-    [row] = empty_database.run(
-        query("list_user_conversations"),
-        user_id="a",
-        cursor_at=datetime.max.replace(tzinfo=UTC),
-        cursor_id="ffffffff-ffff-ffff-ffff-ffffffffffff",
-        unread_only=False,
-        read_only=False,
-        limit=10,
+    # 0008: each message's one change so far is its send.
+    numbers = empty_database.run("SELECT seq, change_seq FROM message_table")
+    assert all(row["seq"] == row["change_seq"] for row in numbers)
+    # 0009 and 0010 on top (0010 copies each direct conversation onto its members' rows), then the app's
+    # own list query reads the upgraded rows as it reads new ones.
+    copy_migrations(tmp_path, "0009_message_with_reply.sql", "0010_list_rows.sql")
+    apply_migrations(empty_database.settings, tmp_path)
+    copies = empty_database.run(
+        "SELECT conversation_id::text AS id, user_id, inbox_last_seq, inbox_fragment IS NOT NULL AS copied"
+        " FROM participant_table"
     )
-    listed = {cells[0]: list(cells) for cells in zip(*row["page"], strict=True)}  # one array per column
-    assert listed[direct][4:14] == [
+    assert {(r["id"], r["user_id"]): (r["inbox_last_seq"], r["copied"]) for r in copies} == {
+        (direct, "a"): (2, True),
+        (direct, "b"): (2, True),
+        (long_chat, "e"): (1, True),
+        (long_chat, "f"): (1, True),
+        (group, "a"): (None, False),
+        (group, "c"): (None, False),
+        (group, "d"): (None, False),
+    }
+
+    def listed(user: str) -> dict[str, dict[str, Any]]:
+        [row] = empty_database.run(
+            query("list_user_conversations"),
+            user_id=user,
+            cursor_at=datetime.max.replace(tzinfo=UTC),
+            cursor_id="ffffffff-ffff-ffff-ffff-ffffffffffff",
+            unread_only=False,
+            read_only=False,
+            limit=10,
+        )
+        return {item["conversationId"]: item for item in json.loads(f"[{row['rows_json']}]")}
+
+    rows_of_a = listed("a")
+    shown = ("unreadCount", "isRead", "latestMessageId", "senderId", "latestContent", "participantId", "role")
+    assert [rows_of_a[direct][field] for field in shown] == [
         1,
+        False,
         "00000000-0000-4000-8000-0000000000a2",
         "b",
         "latest",
         "b",
-        False,
         "member",
-        0,
-        False,
-        2,
     ]
-    assert listed[group][4:14] == [0, None, None, None, "c", False, "member", 0, False, 0]
-    # 0008: each message's one change so far is its send.
-    numbers = empty_database.run("SELECT seq, change_seq FROM message_table")
-    assert all(row["seq"] == row["change_seq"] for row in numbers)
+    assert [rows_of_a[group][field] for field in shown] == [0, True, None, "", "", "c", "member"]
+    assert (rows_of_a[group]["title"], rows_of_a[group]["isGroup"], rows_of_a[direct]["changeSeq"]) == ("Team", True, 2)
+    # Content over 400 characters is not on the conversation row: the copy has it from message_table.
+    assert listed("f")[long_chat]["latestContent"] == "x" * 401
 
 
 # -- sql/schema.sql ---------------------------------------------------------------------------------------------

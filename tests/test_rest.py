@@ -296,13 +296,14 @@ def test_list_times_are_the_wire_format_and_its_cursor_the_exact_time(rest: Rest
             "cursor_at": datetime.max.replace(tzinfo=UTC),
             "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
         }
-        (columns, last_at), *_ = connection.run(
+        [[rows_json, row_count, last_at, last_id]] = connection.run(
             query("list_user_conversations"), user_id=alice, unread_only=False, read_only=False, limit=10, **first_page
         )
     finally:
         connection.close()
-    assert list(zip(columns[0], columns[3], strict=True)) == expected
-    assert last_at == moments[-1]
+    listed = json.loads(f"[{rows_json}]")
+    assert [(row["conversationId"], row["sentAt"]) for row in listed] == expected
+    assert (row_count, last_at, str(last_id)) == (len(chats), moments[-1], chats[-1])
 
 
 # --- messages paging ---------------------------------------------------------------------

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
-from chalicelib.model import (
-    CONVERSATION_ROW_FIELDS,
-    ConversationPage,
-    ConversationRow,
-    ListCursor,
-    ReadReceipt,
-    StoredMessage,
-)
+from chalicelib.model import ReadReceipt, StoredMessage
 from chalicelib.wire import (
     Push,
-    conversation_row_body,
     iso,
     plan_echo,
     plan_new_message,
@@ -88,44 +79,3 @@ def test_read_that_moved_nothing_is_acknowledged_to_its_connection_only() -> Non
 def test_reading_connection_is_answered_even_if_the_registry_lost_it() -> None:
     pushes = plan_read("c-1", "bob", ["bob"], {"bob": []}, "b9", ReadReceipt("m-1", SENT))
     assert [p.connection_id for p in pushes] == ["b9"]
-
-
-def test_conversation_row_body_and_key_read_the_positional_row() -> None:
-    values: dict[str, Any] = {
-        "conversation_id": "c-1",
-        "title": "Team",
-        "is_group": True,
-        "sent_at": "2026-11-28T10:33:11.123Z",
-        "unread_count": 3,
-        "latest_message_id": "m-9",
-        "latest_sender_id": "bob",
-        "latest_content": "hi",
-        "peer_id": "alice",
-        "muted": False,
-        "role": "admin",
-        "unread_mention_count": 1,
-        "latest_deleted": False,
-        "last_change_seq": 12,
-    }
-    row = ConversationRow._make(values[field] for field in CONVERSATION_ROW_FIELDS)
-    assert conversation_row_body(row) == {
-        "conversationId": "c-1",
-        "title": "Team",
-        "isGroup": True,
-        "sentAt": "2026-11-28T10:33:11.123Z",
-        "latestContent": "hi",
-        "senderId": "bob",
-        "isRead": False,
-        "participantId": "alice",
-        "unreadCount": 3,
-        "latestMessageId": "m-9",
-        "muted": False,
-        "role": "admin",
-        "unreadMentionCount": 1,
-        "latestDeleted": False,
-        "changeSeq": 12,
-    }
-    assert ListCursor.after(ConversationPage([row], SENT)) == ListCursor(SENT, "c-1")
-    empty = ConversationRow(**{**values, "latest_message_id": None, "unread_count": 0})
-    body = conversation_row_body(empty)
-    assert (body["latestContent"], body["senderId"], body["isRead"], body["latestMessageId"]) == ("", "", True, None)

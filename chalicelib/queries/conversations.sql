@@ -77,53 +77,63 @@ WHERE conversation_id = :conversation_id
 ORDER BY user_id;
 
 -- name: list_user_conversations
--- A page of the caller's conversations, newest activity first, after a keyset cursor, as ONE json
--- value holding one array per column, in model.ConversationRow's field order (the repository zips them),
--- and the exact activity time of the page's last row (the next cursor's).
--- Ordered at read time from each conversation's own row (sql/0005): every participant row of the
--- caller (participant_user_idx), one primary-key probe of its conversation, a top-N sort. The cost
--- follows the caller's number of conversations, never a group's size, and is the same at any page
--- depth. Only a latest message over 400 characters costs one more probe (message_table by id).
--- One json cell instead of 500 rows of 14 cells: pg8000 decodes rows in Python at ~1 us a cell; and
--- columns rather than a json_build_array per row: measured 18% faster for 500 rows. Every json_agg
--- reads the sorted subquery in one pass, so the columns line up in its order. sentAt leaves here in the
--- wire's form (wire.iso: UTC, milliseconds truncated, a Z; to_char's MS truncates too), whatever the
--- session's TimeZone: parsing 500 json timestamps and formatting them again cost ~2 ms of Python a list.
-SELECT json_build_array(
-           json_agg(page.conversation_id), json_agg(page.title), json_agg(page.is_group),
-           json_agg(page.sent_at), json_agg(page.unread_count), json_agg(page.latest_message_id),
-           json_agg(page.latest_sender_id), json_agg(page.latest_content), json_agg(page.peer_id),
-           json_agg(page.muted), json_agg(page.role), json_agg(page.mention_count),
-           json_agg(page.latest_deleted), json_agg(page.last_change_seq)
-       ) AS page,
-       -- The rows are sorted newest first, so the last row's time is the page's earliest.
-       min(page.last_activity_at) AS last_activity_at
+-- A page of the caller's conversations, newest activity first, after a keyset cursor, as the response
+-- body itself: the rows of the JSON array, comma-separated (NULL for none; the caller adds the
+-- brackets), with the page's row count and its last row's exact activity time and id (the next
+-- cursor's). Field by field, a row is sql/0010's list_row_part and the member's own fields.
+-- Every participant row of the caller (participant_user_idx), then a top-N sort: the cost follows
+-- the caller's number of conversations, never a group's size, and is the same at any page depth.
+-- A direct conversation is read from the caller's own row (its inbox_* copy, sql/0010); any other
+-- row probes its conversation by primary key (the LATERAL's condition on the outer row skips the
+-- probe for the others), and only a latest message over 400 characters costs one more probe
+-- (message_table by id). The rows' JSON is text already written by the schema: concatenating it
+-- here saves encoding 14 columns per row in SQL and the decoding, rebuilding and re-encoding of them
+-- in Python (~3 ms of a 500-row list, docs/performance.md). The aggregates read the sorted subquery
+-- in one pass, so the rows stay in its order and the last one is the page's oldest.
+SELECT string_agg(page.row_json, ',') AS rows_json,
+       count(*) AS row_count,
+       min(page.activity_at) AS last_activity_at,
+       (array_agg(page.conversation_id))[count(*)] AS last_conversation_id
 FROM (
-    SELECT c.conversation_id, c.title, c.is_group, c.last_activity_at,
-           to_char(c.last_activity_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS sent_at,
-           GREATEST(c.last_seq - p.last_read_seq, 0) AS unread_count,
-           c.latest_message_id, c.latest_sender_id,
-           CASE WHEN c.latest_content IS NOT NULL OR c.latest_message_id IS NULL THEN c.latest_content
-                ELSE (SELECT m.content FROM message_table m WHERE m.message_id = c.latest_message_id)
-           END AS latest_content,
-           -- participantId: the lower of the conversation's two lowest members that is not the caller.
-           CASE WHEN c.first_member_id = p.user_id THEN c.second_member_id ELSE c.first_member_id END AS peer_id,
-           p.muted, p.role, p.mention_count, c.latest_deleted, c.last_change_seq
-    FROM participant_table p
-    -- One primary-key probe per participant row. As a plain join, a user in hundreds of
-    -- conversations tips the planner into hashing a sequential scan of every conversation.
-    CROSS JOIN LATERAL (
-        SELECT c1.conversation_id, c1.title, c1.is_group, c1.last_activity_at, c1.last_seq,
-               c1.latest_message_id, c1.latest_sender_id, c1.latest_content, c1.first_member_id,
-               c1.second_member_id, c1.latest_deleted, c1.last_change_seq
-        FROM conversation_table c1
-        WHERE c1.conversation_id = p.conversation_id
-        LIMIT 1
-    ) c
-    WHERE p.user_id = :user_id
-      AND (c.last_activity_at, c.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
-      AND (CAST(:unread_only AS boolean) IS NOT TRUE OR p.last_read_seq < c.last_seq)
-      AND (CAST(:read_only AS boolean) IS NOT TRUE OR p.last_read_seq >= c.last_seq)
-    ORDER BY c.last_activity_at DESC, c.conversation_id DESC
+    SELECT m.activity_at, m.conversation_id,
+           '{"unreadCount":' || GREATEST(m.last_seq - m.last_read_seq, 0)::text
+           || ',"isRead":' || (m.last_seq <= m.last_read_seq)::text
+           || ',"muted":' || m.muted::text
+           -- role's CHECK allows three plain words: nothing to escape.
+           || ',"role":"' || m.role || '"'
+           || ',"unreadMentionCount":' || m.mention_count::text
+           || ',' || m.conversation_part AS row_json
+    FROM (
+        SELECT p.conversation_id, p.last_read_seq, p.muted, p.role, p.mention_count,
+               coalesce(p.inbox_activity_at, c.last_activity_at) AS activity_at,
+               coalesce(p.inbox_last_seq, c.last_seq) AS last_seq,
+               -- The same text as refresh_direct_list_rows copies (sql/0010), with to_json, which
+               -- a query may call directly, for its IMMUTABLE wrapper json_string, which PostgreSQL
+               -- cannot inline (a function call per row).
+               coalesce(p.inbox_fragment, '"participantId":'
+                   || coalesce(to_json(CASE WHEN c.first_member_id = p.user_id THEN c.second_member_id
+                                             ELSE c.first_member_id END)::text, '""')
+                   || ',' || coalesce(c.list_json, list_row_part(
+                          c.conversation_id, c.title, c.is_group, c.last_activity_at, c.latest_message_id,
+                          c.latest_sender_id,
+                          (SELECT l.content FROM message_table l WHERE l.message_id = c.latest_message_id),
+                          c.latest_deleted, c.last_change_seq))) AS conversation_part
+        FROM participant_table p
+        -- One primary-key probe per row without a copy. As a plain join, a user in hundreds of
+        -- conversations tips the planner into hashing a sequential scan of every conversation.
+        LEFT JOIN LATERAL (
+            SELECT c1.title, c1.is_group, c1.last_activity_at, c1.last_seq, c1.latest_message_id,
+                   c1.latest_sender_id, c1.first_member_id, c1.second_member_id, c1.latest_deleted,
+                   c1.last_change_seq, c1.list_json, c1.conversation_id
+            FROM conversation_table c1
+            WHERE c1.conversation_id = p.conversation_id AND p.inbox_activity_at IS NULL
+            LIMIT 1
+        ) c ON true
+        WHERE p.user_id = :user_id
+    ) m
+    WHERE (m.activity_at, m.conversation_id) < (CAST(:cursor_at AS timestamptz), CAST(:cursor_id AS uuid))
+      AND (CAST(:unread_only AS boolean) IS NOT TRUE OR m.last_read_seq < m.last_seq)
+      AND (CAST(:read_only AS boolean) IS NOT TRUE OR m.last_read_seq >= m.last_seq)
+    ORDER BY m.activity_at DESC, m.conversation_id DESC
     LIMIT :limit
 ) page;
