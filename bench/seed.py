@@ -231,16 +231,14 @@ def ensure_dataset(conn: pg8000.native.Connection, params: Params, log: Any = pr
         " sent_at) FROM STDIN",
         stream=iter(data.message_chunks),
     )
-    # What the schema's trigger does on every later write of a direct conversation (sql/0010): COPY wrote the
-    # conversations before their members.
-    conn.run(
-        "SELECT refresh_direct_list_rows(ARRAY(SELECT conversation_id FROM conversation_table WHERE NOT is_group))"
-    )
+    # COPY wrote the conversations before their members: a write of each direct conversation's row makes the
+    # schema's trigger copy its list row onto both members' rows (sql/0010), as its migration does.
+    conn.run("UPDATE conversation_table SET last_seq = last_seq WHERE NOT is_group")
     conn.run("COMMIT")
     log(f"seeding: loaded in {time.perf_counter() - started:.1f}s; VACUUM ANALYZE ...")
     for table in ("conversation_table", "participant_table", "message_table"):
-        # FULL for participant_table: the copies rewrote its direct conversations' rows just after the load.
-        conn.run(f"VACUUM ({'FULL, ' if table == 'participant_table' else ''}ANALYZE) {table}")
+        # FULL for the two the copies rewrote (direct conversations' rows) just after the load.
+        conn.run(f"VACUUM ({'' if table == 'message_table' else 'FULL, '}ANALYZE) {table}")
     broken = check(conn)
     if any(broken.values()):
         raise RuntimeError(f"seeded data breaks the schema's invariants: {broken}")

@@ -107,7 +107,7 @@ FROM (
         SELECT p.conversation_id, p.last_read_seq, p.muted, p.role, p.mention_count,
                coalesce(p.inbox_activity_at, c.last_activity_at) AS activity_at,
                coalesce(p.inbox_last_seq, c.last_seq) AS last_seq,
-               -- The same text as refresh_direct_list_rows copies (sql/0010), with to_json, which
+               -- The same text as the trigger copy_direct_list_rows copies (sql/0010), with to_json, which
                -- a query may call directly, for its IMMUTABLE wrapper json_string, which PostgreSQL
                -- cannot inline (a function call per row).
                coalesce(p.inbox_fragment, '"participantId":'
