@@ -23,7 +23,7 @@ from typing import Any
 from bench.context import BenchContext, connect, send_frame
 from bench.measure_ws import _send
 from bench.phase import settings
-from bench.timing import measure
+from bench.timing import Stats, measure
 from bench.wal import Wal, statement_wal
 from chalicelib.db import Database
 from chalicelib.fanout import Expansion, parse_queued
@@ -71,36 +71,50 @@ def _frame_send(connection_id: str, conversation_id: str) -> None:
 
 
 def _wal(ctx: BenchContext, label: str, conversation_id: str, sender: str, log: Any) -> Wal:
-    """The send statement's own WAL (median of WAL_RUNS committed sends), and the server-wide LSN difference."""
+    """The WAL of one committed send, its triggers included (bench/wal.py; median of WAL_RUNS)."""
     runs = ctx.iterations(WAL_RUNS)
-    before = ctx.admin.run("SELECT CAST(pg_current_wal_lsn() AS text)")[0][0]
     wal = statement_wal(ctx.admin, query("send_message"), _send_params(conversation_id, sender), runs)
-    server = ctx.admin.run("SELECT pg_current_wal_lsn() - CAST(:b AS pg_lsn)", b=before)[0][0]
     log(
-        f"  {f'WAL per send, {label}':<34} {wal.bytes:,.0f} B ({wal.records:g} records, {wal.fpi:g} full-page"
-        f" images; median of {runs}); server-wide LSN moved {float(server) / runs:,.0f} B per send"
+        f"  {f'WAL per send, {label}':<34} {wal.bytes:,.0f} B with its triggers and commit (the statement alone"
+        f" {wal.statement_bytes:,.0f} B, {wal.records:g} records, {wal.fpi:g} full-page images; median of {runs})"
     )
     return wal
 
 
-def _queued_send(ctx: BenchContext, sender_connection: str, conversation_id: str, log: Any) -> Any:
+def _queued_send(
+    ctx: BenchContext, sender_connection: str, conversation_id: str, direct_connection: str, direct: str, log: Any
+) -> tuple[Stats, Stats]:
     """The whole handler with a fan-out queue, as deployed: above FANOUT_EXPAND_MEMBERS (2,000) it answers the
     sender's connections and queues the fan-out as one expansion (chalicelib/fanout.py). Nothing drains this
-    queue: what is timed is the sending handler alone; the queued phase times the rest."""
+    queue: what is timed is the sending handler alone; the queued phase times the rest.
+
+    Timed in alternating rounds with a direct send (its recipient online), so that the ratio the target is
+    about compares two figures of the same moments rather than of two phases minutes apart."""
     queue = LocalQueue(f"bench-groups-{ctx.run_id}")
+    queued: list[float] = []
+    beside: list[float] = []
+    rounds = 5
+    each = max(1, ctx.iterations(100) // rounds)
     with settings({"FANOUT_QUEUE_URL": register_local_queue(queue.name, queue)}):
         try:
-            stats = measure(
-                partial(_frame_send, sender_connection, conversation_id), iterations=ctx.iterations(100), warmup=5
-            )
-            if len(queue) != len(stats.samples) + 5 or not all(
+            for round_ in range(rounds):
+                warmup = 5 if round_ == 0 else 0
+                beside += measure(
+                    partial(_frame_send, direct_connection, direct), iterations=each, warmup=warmup
+                ).samples
+                queued += measure(
+                    partial(_frame_send, sender_connection, conversation_id), iterations=each, warmup=warmup
+                ).samples
+            if len(queue) != len(queued) + 5 or not all(
                 isinstance(parse_queued(body), Expansion) for body in queue.bodies()
             ):
                 raise RuntimeError("a send to the 10,000-member group did not queue one expansion")
         finally:
             unregister_local_queue(queue.name)
+    stats, direct_stats = Stats(queued), Stats(beside)
     log(f"  {'send-message, 10,000 members, queued':<34} {stats} (one expansion queued per send)")
-    return stats
+    log(f"  {'send-message, direct, same rounds':<34} {direct_stats}")
+    return stats, direct_stats
 
 
 def run(ctx: BenchContext, log: Any = print) -> dict[str, Any]:
@@ -161,7 +175,10 @@ def _measure(ctx: BenchContext, log: Any) -> dict[str, Any]:
         )
         log(f"  {f'send-message, {size:,} members ({expected:,} online)':<34} {stats}")
         results[f"send {label}"] = stats
-    results["send 10k queued"] = _queued_send(ctx, connections[sender], groups["10k"], log)
+    dm_connections = {user: connect(ctx, user) for user in (ctx.user("dm-a"), ctx.user("dm-b"))}
+    results["send 10k queued"], results["send direct beside queued"] = _queued_send(
+        ctx, connections[sender], groups["10k"], dm_connections[ctx.user("dm-a")], direct, log
+    )
 
     # A read in the 10,000-member group: above RECEIPTS_MAX_MEMBERS only the reader's own connections hear it.
     reader = online[1]
@@ -186,7 +203,7 @@ def _measure(ctx: BenchContext, log: Any) -> dict[str, Any]:
     log(f"  {'read-messages, 10,000 members':<34} {stats} ({len(report.delivered)} pushes per read)")
     results["read 10k"] = stats
 
-    # WAL of one send: the statement's own records (bench/wal.py).
+    # WAL of one committed send, its triggers included (bench/wal.py).
     results["wal direct"] = _wal(ctx, "direct", direct, ctx.user("dm-a"), log)
     results["wal 100"] = _wal(ctx, "100 members", group_100, sender, log)
     results["wal 10k"] = _wal(ctx, "10,000 members", groups["10k"], sender, log)

@@ -83,6 +83,7 @@ def results(info: DatasetInfo, stats: dict[str, Any], per_push_ms: float) -> dic
             "group_1k_p50_ms": group_p50("send 1k"),
             "group_10k_p50_ms": group_p50("send 10k"),
             "group_10k_queued_p50_ms": group_p50("send 10k queued"),
+            "direct_beside_queued_p50_ms": group_p50("send direct beside queued"),
             "group_1k_pushes": groups.get("pushes 1k"),
             "group_10k_pushes": groups.get("pushes 10k"),
             "group_online_fraction": 1 / ONLINE_EVERY if groups else None,
@@ -233,6 +234,7 @@ _GROUP_KEYS = {
         "group_1k_p50_ms",
         "group_10k_p50_ms",
         "group_10k_queued_p50_ms",
+        "direct_beside_queued_p50_ms",
         "group_1k_pushes",
         "group_10k_pushes",
         "group_online_fraction",
@@ -314,8 +316,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
             "send-message, 10,000 members, with the fan-out queue (queued whole), p50",
             sm.get("group_10k_queued_p50_ms"),
             None,
-            f"≤ 1.5x direct{_times(sm.get('group_10k_queued_p50_ms'), sm.get('p50_ms'))}",
+            "≤ 1.5x direct, same rounds"
+            f"{_times(sm.get('group_10k_queued_p50_ms'), sm.get('direct_beside_queued_p50_ms'))}",
         ),
+        ("  direct send in the same rounds, p50", sm.get("direct_beside_queued_p50_ms"), None, ""),
         ("WAL bytes per send, direct", sm.get("wal_bytes_direct"), None, ""),
         ("WAL bytes per send, 100 members", sm.get("wal_bytes_group_100"), None, ""),
         (

@@ -1,10 +1,14 @@
-"""WAL written by one statement, from ``EXPLAIN (ANALYZE, WAL)``: the statement's own records only.
+"""WAL written by one statement: its transaction's, from the WAL insert position around it, median of many runs.
 
-``pg_current_wal_lsn()`` differences count every session of the server; on a shared one (tests cloning
-databases beside the benchmark) they measured several MiB per send of background noise. EXPLAIN's WAL
-counters are the executing backend's own, for that statement (its CTEs included), without the commit record.
-A full-page image (the first change of a page after a checkpoint) inflates one run by up to 8 KiB a page, so
-the figure is the median of many runs, with the median number of images beside it.
+Two measures per run. ``EXPLAIN (ANALYZE, WAL)`` counts the executing backend's own records for the
+statement (its CTEs included), but not those of its AFTER triggers, which run at the end of the statement
+(sql/0010's copy of a direct conversation onto both members' rows is one). ``pg_current_wal_insert_lsn()``
+read just before and just after, in the same session, counts everything the server wrote in between: the
+statement, its triggers and its commit record, and whatever other sessions wrote at that moment. On a shared
+server (tests cloning databases beside the benchmark) that noise once measured several MiB per send, so the
+figure is the median of many runs, which a busy moment in a few of them does not move. A full-page image (the
+first change of a page after a checkpoint) inflates one run by up to 8 KiB a page; the median number of
+images of the statement itself is beside it.
 """
 
 from __future__ import annotations
@@ -19,21 +23,34 @@ import pg8000.native
 
 @dataclass(frozen=True)
 class Wal:
-    """Median WAL of ``runs`` executions of one statement."""
+    """Medians of ``runs`` executions of one statement."""
 
+    # Everything between the two insert positions: the statement, its triggers, its commit.
     bytes: float
+    # The statement's own records and bytes (EXPLAIN), without its triggers and commit.
+    statement_bytes: float
     records: float
     fpi: float
     runs: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"bytes": self.bytes, "records": self.records, "fpi": self.fpi, "runs": self.runs}
+        return {
+            "bytes": self.bytes,
+            "statement_bytes": self.statement_bytes,
+            "records": self.records,
+            "fpi": self.fpi,
+            "runs": self.runs,
+        }
 
 
 def statement_wal(conn: pg8000.native.Connection, sql: str, params: Callable[[], dict[str, Any]], runs: int) -> Wal:
-    """Run ``sql`` ``runs`` times under EXPLAIN (ANALYZE, WAL) with fresh ``params()``; the medians."""
-    counted: list[tuple[int, int, int]] = []
+    """Run ``sql`` ``runs`` times (each committed on its own) under EXPLAIN (ANALYZE, WAL) with fresh
+    ``params()``, reading the WAL insert position around each; the medians."""
+    counted: list[tuple[int, int, int, int]] = []
     for _ in range(runs):
+        before = conn.run("SELECT CAST(pg_current_wal_insert_lsn() AS text)")[0][0]
         plan = conn.run(f"EXPLAIN (ANALYZE, WAL, FORMAT JSON) {sql}", **params())[0][0][0]["Plan"]
-        counted.append((plan.get("WAL Bytes", 0), plan.get("WAL Records", 0), plan.get("WAL FPI", 0)))
-    return Wal(median(c[0] for c in counted), median(c[1] for c in counted), median(c[2] for c in counted), runs)
+        moved = conn.run("SELECT pg_current_wal_insert_lsn() - CAST(:b AS pg_lsn)", b=before)[0][0]
+        counted.append((int(moved), plan.get("WAL Bytes", 0), plan.get("WAL Records", 0), plan.get("WAL FPI", 0)))
+    moved, statement, records, fpi = (median(c[i] for c in counted) for i in range(4))
+    return Wal(moved, statement, records, fpi, runs)

@@ -107,9 +107,9 @@ FROM (
         SELECT p.conversation_id, p.last_read_seq, p.muted, p.role, p.mention_count,
                coalesce(p.inbox_activity_at, c.last_activity_at) AS activity_at,
                coalesce(p.inbox_last_seq, c.last_seq) AS last_seq,
-               -- The same text as the trigger copy_direct_list_rows copies (sql/0010), with to_json, which
-               -- a query may call directly, for its IMMUTABLE wrapper json_string, which PostgreSQL
-               -- cannot inline (a function call per row).
+               -- The same text as the trigger copy_direct_list_rows copies (sql/0010), with to_json
+               -- itself for json_string (the IMMUTABLE wrapper the generated column needs): a PL/pgSQL
+               -- call less per row.
                coalesce(p.inbox_fragment, '"participantId":'
                    || coalesce(to_json(CASE WHEN c.first_member_id = p.user_id THEN c.second_member_id
                                              ELSE c.first_member_id END)::text, '""')
