@@ -521,7 +521,7 @@ class DatabaseMembership:
 
     def members(self, conversation_id: str) -> list[str]:
         """Every member now (an expansion's shards)."""
-        return [row["user_id"] for row in self._db.run("list_participants", conversation_id=conversation_id)]
+        return list(self._db.one("list_participants", conversation_id=conversation_id)["user_ids"])
 
 
 @dataclass

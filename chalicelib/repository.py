@@ -153,21 +153,21 @@ class ChatRepository:
         )
 
     def participants(self, conversation_id: str) -> list[str]:
-        return [row["user_id"] for row in self._db.run("list_participants", conversation_id=conversation_id)]
+        return list(self._db.one("list_participants", conversation_id=conversation_id)["user_ids"])
 
     def members(self, conversation_id: str, *, after_user: str, limit: int) -> list[Member]:
         """A page of members by user id, after ``after_user`` ("" for the first page)."""
-        rows = self._db.run("members_page", conversation_id=conversation_id, after_user=after_user, limit=limit)
+        rows = self._db.one("members_page", conversation_id=conversation_id, after_user=after_user, limit=limit)
         return [
             Member(
-                row["user_id"],
-                row["role"],
-                row["joined_at"],
-                int(row["last_read_seq"]),
-                str(row["last_read_message_id"]) if row["last_read_message_id"] else None,
-                row["last_read_at"] if row["last_read_message_id"] else None,
+                user_id,
+                role,
+                datetime.fromisoformat(joined_at),
+                int(last_read_seq),
+                last_read_message_id,
+                datetime.fromisoformat(read_at) if last_read_message_id and read_at else None,
             )
-            for row in rows
+            for user_id, role, joined_at, last_read_seq, read_at, last_read_message_id in rows["members"]
         ]
 
     @contextlib.contextmanager

