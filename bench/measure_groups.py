@@ -74,9 +74,11 @@ def _wal(ctx: BenchContext, label: str, conversation_id: str, sender: str, log: 
     """The WAL of one committed send, its triggers included (bench/wal.py; median of WAL_RUNS)."""
     runs = ctx.iterations(WAL_RUNS)
     wal = statement_wal(ctx.admin, query("send_message"), _send_params(conversation_id, sender), runs)
+    records = f"{wal.records_bytes:,.0f} B" if wal.records_bytes is not None else "none"
     log(
-        f"  {f'WAL per send, {label}':<34} {wal.bytes:,.0f} B with its triggers and commit (the statement alone"
-        f" {wal.statement_bytes:,.0f} B, {wal.records:g} records, {wal.fpi:g} full-page images; median of {runs})"
+        f"  {f'WAL per send, {label}':<34} {wal.bytes:,.0f} B with its triggers and commit; {records} in runs"
+        f" without a full-page image (the statement alone {wal.statement_bytes:,.0f} B, {wal.records:g} records,"
+        f" {wal.fpi:g} full-page images; medians of {runs})"
     )
     return wal
 

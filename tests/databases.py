@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -25,6 +26,19 @@ from chalicelib.wiring import get_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "sql"
+
+
+def whole_list(user_id: str, limit: int) -> dict[str, object]:
+    """The parameters of queries/conversations.sql's list_user_conversations for a user's first page, unfiltered
+    (the repository's own first-page cursor)."""
+    return {
+        "user_id": user_id,
+        "cursor_at": datetime.max.replace(tzinfo=UTC),
+        "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "unread_only": False,
+        "read_only": False,
+        "limit": limit,
+    }
 
 
 def with_database(url: str, name: str) -> str:

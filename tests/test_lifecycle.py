@@ -12,7 +12,6 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from chalicelib.service import ChatService
 from chalicelib.sql import query
 from chalicelib.wire import CONVERSATION_ROW_FIELDS
 from tests.conftest import Rest, Sockets, new_user
-from tests.databases import connect, message_count
+from tests.databases import connect, message_count, whole_list
 
 Configure = Callable[..., None]
 
@@ -497,14 +496,7 @@ def test_replaying_the_change_feed_reproduces_the_history(rest: Rest, sockets: S
 def list_bodies_with_and_without_the_copies(user: str, conversation_id: str) -> tuple[Any, Any]:
     """The user's list as the app reads it (a direct conversation from the member's own row, sql/0010) and
     as it reads once that copy is gone (through the conversation's row, as for a group), in one snapshot."""
-    arguments = {
-        "user_id": user,
-        "cursor_at": datetime.max.replace(tzinfo=UTC),
-        "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
-        "unread_only": False,
-        "read_only": False,
-        "limit": 100,
-    }
+    arguments = whole_list(user, limit=100)
     connection = connect(os.environ["DATABASE_URL"])
     try:
         connection.run("BEGIN ISOLATION LEVEL REPEATABLE READ")

@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -39,7 +38,7 @@ from chalicelib.migrations import (
 )
 from chalicelib.sql import query
 from local.services import EmbeddedServices
-from tests.databases import DatabaseFactory, connect, database_name
+from tests.databases import DatabaseFactory, connect, database_name, whole_list
 from tests.local_server import is_running, server_env, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -422,15 +421,7 @@ def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
     }
 
     def listed(user: str) -> dict[str, dict[str, Any]]:
-        [row] = empty_database.run(
-            query("list_user_conversations"),
-            user_id=user,
-            cursor_at=datetime.max.replace(tzinfo=UTC),
-            cursor_id="ffffffff-ffff-ffff-ffff-ffffffffffff",
-            unread_only=False,
-            read_only=False,
-            limit=10,
-        )
+        [row] = empty_database.run(query("list_user_conversations"), **whole_list(user, limit=10))
         return {item["conversationId"]: item for item in json.loads(f"[{row['rows_json']}]")}
 
     rows_of_a = listed("a")

@@ -16,7 +16,7 @@ from chalicelib.sql import query
 from chalicelib.wire import iso
 from chalicelib.wiring import get_database
 from tests.conftest import Rest, Sockets, new_user
-from tests.databases import connect
+from tests.databases import connect, whole_list
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -292,12 +292,8 @@ def test_list_times_are_the_wire_format_and_its_cursor_the_exact_time(rest: Rest
     connection = connect(os.environ["DATABASE_URL"])
     try:
         connection.run("SET TimeZone = 'Asia/Kolkata'")
-        first_page = {
-            "cursor_at": datetime.max.replace(tzinfo=UTC),
-            "cursor_id": "ffffffff-ffff-ffff-ffff-ffffffffffff",
-        }
         [[rows_json, row_count, last_at, last_id]] = connection.run(
-            query("list_user_conversations"), user_id=alice, unread_only=False, read_only=False, limit=10, **first_page
+            query("list_user_conversations"), **whole_list(alice, limit=10)
         )
     finally:
         connection.close()
