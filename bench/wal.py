@@ -11,8 +11,8 @@ figure is the median of many runs, which a busy moment in a few of them does not
 A full-page image (the first change of a page after a checkpoint) adds up to 8 KiB to a run. A send inserts into
 a random leaf of the messages' primary key (a uuid), so after a checkpoint most sends write one, until the
 leaves have all been touched: whether the median run has one depends on when the last checkpoint was, not on
-the design (the same send measured 1.4 and 8.7 KiB in two runs). ``records_bytes`` is therefore also given: the
-median of the runs whose statement wrote no full-page image (EXPLAIN counts them), which is what the send's
+the design (a send to 100 members measured 8,928 and 1,512 B in two runs). So ``records_bytes`` is given too:
+the median of the runs whose statement wrote no full-page image (EXPLAIN counts them), which is what the send's
 own records weigh, its triggers' included.
 """
 
