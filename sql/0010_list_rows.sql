@@ -19,9 +19,10 @@
 --   update of a direct conversation's row, in the same transaction. A direct conversation always
 --   has exactly two members, so a send to one writes four rows (the message, the conversation, both
 --   members' rows), a constant; a send to a group still writes three whatever its size, and no
---   group member's row is copied to. A participant row whose copy is NULL (a group's, or a direct
---   conversation's before its row was first written after it) is read through its conversation
---   row, as before, so a missing copy is never wrong, only slower.
+--   group member's row is copied to. A participant row whose copy is NULL (a group member's; or a
+--   direct conversation's whose members were inserted by a later statement than its row, which no
+--   query of the app does) is read through its conversation row, as before: a missing copy is never
+--   wrong, only slower. A copy is never stale: every write of the conversation's row rewrites it.
 -- * participant_table gets fillfactor 80 so that these updates of unindexed columns stay HOT.
 --
 -- What it costs a send (bench dataset, the same statement on a copy of it without this migration's
