@@ -327,7 +327,7 @@ def test_0004_copies_each_members_list_row_onto_its_participant_row(empty_databa
     assert not {r["column_name"] for r in columns} & {"latest_message_id", "latest_sender_id", "latest_content"}
 
 
-def test_0005_to_0007_move_the_list_row_onto_the_conversation_and_list_the_same(
+def test_0005_to_0010_move_the_list_row_onto_the_conversation_and_list_the_same(
     empty_database: Scratch, tmp_path: Path
 ) -> None:
     # Data written under 0001-0004 (each member's list row on its participant row), then 0005 on top of it.
