@@ -120,6 +120,9 @@ class MemberConversation:
     # The caller's own membership: 'owner', 'admin' or 'member' (direct conversations: 'member').
     role: str = "member"
     muted: bool = False
+    # The position of the message the request named (a message page's before/after), when it is one of
+    # this conversation's; None otherwise or when it named none.
+    anchor_position: int | None = None
 
 
 Role = Literal["owner", "admin", "member"]

@@ -134,9 +134,14 @@ class ChatRepository:
         row = self._db.optional("find_direct_conversation", user_low=low, user_high=high)
         return str(row["conversation_id"]) if row else None
 
-    def member_conversation(self, conversation_id: str, user_id: str) -> MemberConversation:
-        """The conversation, if ``user_id`` is in it; NotFound alike for missing and foreign."""
-        row = self._db.optional("get_member_conversation", conversation_id=conversation_id, user_id=user_id)
+    def member_conversation(
+        self, conversation_id: str, user_id: str, *, anchor_message_id: str | None = None
+    ) -> MemberConversation:
+        """The conversation, if ``user_id`` is in it; NotFound alike for missing and foreign. With
+        ``anchor_message_id``, also that message's position in it (``anchor_position``), in the same query."""
+        row = self._db.optional(
+            "get_member_conversation", conversation_id=conversation_id, user_id=user_id, anchor_id=anchor_message_id
+        )
         if row is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
         return MemberConversation(
@@ -150,6 +155,7 @@ class ChatRepository:
             int(row["member_count"]),
             row["role"],
             bool(row["muted"]),
+            int(row["anchor_seq"]) if row["anchor_seq"] is not None else None,
         )
 
     def participants(self, conversation_id: str) -> list[str]:
@@ -334,11 +340,6 @@ class ChatRepository:
             receipt = ReadReceipt(str(row["last_read_message_id"]), row["last_read_at"])
         # No members listed: nothing moved, or the group is too large for receipts to its members.
         return ReadResult(list(row["participant_ids"] or ()), receipt)
-
-    def message_position(self, conversation_id: str, message_id: str) -> int | None:
-        """The position of a message inside a given conversation; None if it is not there."""
-        row = self._db.optional("message_position", conversation_id=conversation_id, message_id=message_id)
-        return int(row["seq"]) if row else None
 
     def changes_after(self, conversation_id: str, after: int, limit: int) -> list[StoredMessage]:
         """Messages changed after change number ``after``, each once, oldest change first."""

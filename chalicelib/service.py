@@ -45,7 +45,7 @@ from chalicelib.errors import (
     UnknownConnection,
 )
 from chalicelib.limits import CREATE_CONVERSATION, REST_REQUEST, REST_WRITE
-from chalicelib.model import MemberConversation, StoredMessage
+from chalicelib.model import StoredMessage
 from chalicelib.push import Pusher, PushReport
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable
 from chalicelib.repository import ChatRepository
@@ -234,12 +234,12 @@ class ChatService:
     def conversation_messages(self, caller: str, conversation_id: str, params: Mapping[str, str]) -> list[JSONObject]:
         conversation_id = parse_uuid(conversation_id, "conversationId")
         page = parse_message_page_query(params)
-        conversation = self._repo.member_conversation(conversation_id, caller)
-        anchor = None
-        for field, message_id in (("before", page.before), ("after", page.after)):
-            if message_id is not None:
-                anchor = self._anchor_position(conversation, message_id, field)
-        low, high = page.position_range(conversation.last_seq, anchor)
+        anchor_id = page.before or page.after  # at most one of them (parse_message_page_query)
+        conversation = self._repo.member_conversation(conversation_id, caller, anchor_message_id=anchor_id)
+        if anchor_id is not None and conversation.anchor_position is None:
+            field = "before" if page.before is not None else "after"
+            raise BadRequest(f"{field} must name a message of this conversation")
+        low, high = page.position_range(conversation.last_seq, conversation.anchor_position)
         messages = self._repo.messages_between(conversation_id, low, high)  # newest first
         if page.oldest_first:
             messages.reverse()
@@ -260,12 +260,6 @@ class ChatService:
         reacted = [message.message_id for message in messages if message.reactions]
         mine = self._repo.my_reactions(caller, reacted) if reacted else {}
         return [message_body(message, caller, mine.get(message.message_id, ())) for message in messages]
-
-    def _anchor_position(self, conversation: MemberConversation, message_id: str, field: str) -> int:
-        position = self._repo.message_position(conversation.conversation_id, message_id)
-        if position is None:
-            raise BadRequest(f"{field} must name a message of this conversation")
-        return position
 
     def conversation_participants(self, caller: str, conversation_id: str) -> list[str]:
         conversation_id = parse_uuid(conversation_id, "conversationId")

@@ -62,9 +62,13 @@ FROM conversation_table
 WHERE NOT is_group AND direct_user_low = :user_low AND direct_user_high = :user_high;
 
 -- name: get_member_conversation
--- One conversation with the caller's read state, only if the caller is a participant.
+-- One conversation with the caller's read state, only if the caller is a participant; and the position of
+-- the message anchor_id names, if it is one of this conversation's (a message page's before=/after=; NULL
+-- without one): a page by cursor then takes the round trips of a newest page, this and the range.
 SELECT c.conversation_id, c.title, c.is_group, c.created_by, c.created_at, c.last_seq, c.member_count,
-       p.last_read_seq, p.role, p.muted
+       p.last_read_seq, p.role, p.muted,
+       (SELECT m.seq FROM message_table m
+        WHERE m.message_id = CAST(:anchor_id AS uuid) AND m.conversation_id = c.conversation_id) AS anchor_seq
 FROM conversation_table c
 JOIN participant_table p ON p.conversation_id = c.conversation_id AND p.user_id = :user_id
 WHERE c.conversation_id = :conversation_id;

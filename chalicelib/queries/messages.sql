@@ -200,12 +200,6 @@ FROM allocated a, delta d
 WHERE m.message_id = CAST(:message_id AS uuid)
 RETURNING m.reactions, m.change_seq, m.version;
 
--- name: message_position
--- The position of a message inside a given conversation.
-SELECT seq
-FROM message_table
-WHERE message_id = :message_id AND conversation_id = :conversation_id;
-
 -- name: mark_read
 -- Move the reader's watermark to the latest message; reports where it stands when this request moved it.
 -- One row update however many messages were unread; a read that moves nothing writes nothing. No row
