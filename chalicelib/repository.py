@@ -163,7 +163,7 @@ class ChatRepository:
 
     def members(self, conversation_id: str, *, after_user: str, limit: int) -> list[Member]:
         """A page of members by user id, after ``after_user`` ("" for the first page)."""
-        rows = self._db.one("members_page", conversation_id=conversation_id, after_user=after_user, limit=limit)
+        page = self._db.one("members_page", conversation_id=conversation_id, after_user=after_user, limit=limit)
         return [
             Member(
                 user_id,
@@ -173,7 +173,7 @@ class ChatRepository:
                 last_read_message_id,
                 datetime.fromisoformat(read_at) if last_read_message_id and read_at else None,
             )
-            for user_id, role, joined_at, last_read_seq, read_at, last_read_message_id in rows["members"]
+            for user_id, role, joined_at, last_read_seq, read_at, last_read_message_id in page["members"]
         ]
 
     @contextlib.contextmanager
