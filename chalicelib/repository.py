@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from chalicelib.db import Database, Row, Transaction, UniqueViolation
+from chalicelib.db import Database, Row, Transaction, UniqueViolation, parse_timestamptz
 from chalicelib.errors import CONVERSATION_NOT_FOUND, Conflict, NotFound
 from chalicelib.model import (
     ConversationListQuery,
@@ -168,10 +168,10 @@ class ChatRepository:
             Member(
                 user_id,
                 role,
-                datetime.fromisoformat(joined_at),
+                parse_timestamptz(joined_at),
                 int(last_read_seq),
                 last_read_message_id,
-                datetime.fromisoformat(read_at) if last_read_message_id and read_at else None,
+                parse_timestamptz(read_at) if last_read_message_id and read_at else None,
             )
             for user_id, role, joined_at, last_read_seq, read_at, last_read_message_id in page["members"]
         ]
